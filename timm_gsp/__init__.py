@@ -1,6 +1,7 @@
 """timm-gsp: Generalized Sum Pooling (Gurbuz et al., ICCV 2023) as a first-class timm global pool.
 
-``import timm_gsp`` registers ``global_pool="gsp"`` with timm (idempotent).
+``import timm_gsp`` registers ``global_pool="gsp"`` (or ``"gsp:num_prototypes=..,transport_ratio=..,
+gamma=.."``) with timm; the call is idempotent.
 """
 from .pooling import GeneralizedSumPool, GSPTransport, allow_missing_prototypes, capture_transport, gsp_modules
 from .spec import format_gsp_spec, parse_gsp_spec
@@ -9,4 +10,25 @@ from .transport import TransportPlan, gsp_transport, prototype_costs
 
 register()
 
+from .factory import GSPRetrievalNet, convert, create_model, init_prototypes_kcenter  # noqa: E402 (needs the hooks)
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "GeneralizedSumPool",
+    "GSPTransport",
+    "GSPRetrievalNet",
+    "GSPUnsupportedModelError",
+    "TransportPlan",
+    "allow_missing_prototypes",
+    "capture_transport",
+    "convert",
+    "create_model",
+    "format_gsp_spec",
+    "gsp_modules",
+    "gsp_transport",
+    "init_prototypes_kcenter",
+    "parse_gsp_spec",
+    "prototype_costs",
+    "register",
+]
