@@ -21,7 +21,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from .pooling import GeneralizedSumPool, gsp_modules
 from .spec import format_gsp_spec, is_gsp_spec, parse_gsp_spec
-from .timm_plugin import GSPUnsupportedModelError
+from .timm_plugin import GSPUnsupportedModelError, model_input_size
 
 __all__ = ["create_model", "convert", "GSPRetrievalNet", "init_prototypes_kcenter", "pool_spec"]
 
@@ -184,7 +184,7 @@ class GSPRetrievalNet(nn.Module):
 
     def _probe_layout(self) -> str:
         reference = next(self.backbone.parameters())
-        input_size = tuple(self.pretrained_cfg.get("input_size", (3, 224, 224)))
+        input_size = model_input_size(self.backbone)
         was_training = self.backbone.training
         self.backbone.eval()
         try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -37,7 +37,7 @@ from timm.models.vision_transformer import VisionTransformer
 from .pooling import GeneralizedSumPool, allow_missing_prototypes, gsp_modules
 from .spec import is_gsp_spec, parse_gsp_spec
 
-__all__ = ["register", "GSPUnsupportedModelError", "SUPPORTED_TIMM_VERSIONS"]
+__all__ = ["register", "GSPUnsupportedModelError", "SUPPORTED_TIMM_VERSIONS", "model_input_size", "size_lazy_pools"]
 
 SUPPORTED_TIMM_VERSIONS = ((1, 0, 20), (2, 0, 0))  # [low, high)
 _PATCHED_FLAG = "_timm_gsp_patched"
@@ -232,6 +232,15 @@ def _unsupported(model_name: str, detail: str) -> GSPUnsupportedModelError:
     )
 
 
+def model_input_size(model: nn.Module) -> Tuple[int, int, int]:
+    """(C, H, W) the model is built for, honouring ``img_size`` given at creation."""
+    try:
+        from timm.models._input import get_model_input_config  # timm >= 1.0.25
+        return tuple(get_model_input_config(model)["input_size"])
+    except (ImportError, KeyError, AttributeError):
+        return tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
+
+
 def size_lazy_pools(model: nn.Module) -> None:
     """Create the prototypes of pools built without a channel count, by one dry forward.
 
@@ -243,7 +252,7 @@ def size_lazy_pools(model: nn.Module) -> None:
     reference = next((p for p in model.parameters() if not isinstance(p, nn.UninitializedParameter)), None)
     if reference is None or reference.device.type == "meta":
         return  # sized at the first real forward
-    input_size = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
+    input_size = model_input_size(model)
     was_training = model.training
     model.eval()
     try:
@@ -263,8 +272,8 @@ def _reset_classifier(original):
 def _create_model(original):
     def create_model(model_name, *args, **kwargs):
         spec = kwargs.get("global_pool")
-        if not is_gsp_spec(spec):
-            return original(model_name, *args, **kwargs)
+        if not is_gsp_spec(spec) or kwargs.get("features_only"):
+            return original(model_name, *args, **kwargs)  # feature extractors drop the head
         parse_gsp_spec(spec)
         try:
             model = original(model_name, *args, **kwargs)

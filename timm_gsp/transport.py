@@ -28,9 +28,9 @@ __all__ = [
     "check_transport_args",
 ]
 
-# |mean_j sigmoid(t + l_j) - mu| at which the solver stops; rows whose bracket has shrunk to
-# float resolution stop too (hard selections at large gamma).
-MASS_TOLERANCE = 1e-6
+# |mean_j sigmoid(t + l_j) - mu| at which the solver stops, per compute dtype; rows whose bracket
+# has shrunk to float resolution stop too (hard selections at large gamma).
+MASS_TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12}
 MAX_SOLVER_ITERS = 30
 
 
@@ -105,13 +105,14 @@ def solve_threshold(closeness: torch.Tensor, transport_ratio: float) -> torch.Te
     high = logit_mu - closeness.amin(dim=1, keepdim=True)
     t = logit_mu - closeness.mean(dim=1, keepdim=True)  # exact when all l_j are equal
     resolution = 4 * torch.finfo(closeness.dtype).eps
+    tolerance = MASS_TOLERANCE[closeness.dtype]
     check_each_step = not torch.compiler.is_compiling()
     for _ in range(MAX_SOLVER_ITERS):
         x = t + closeness
         log_s, log_not_s = F.logsigmoid(x), F.logsigmoid(-x)
         log_mass = torch.logsumexp(log_s, dim=1, keepdim=True) - log_n  # log mean_j s_j
         mass_error = log_mass.exp() - mu
-        converged = (mass_error.abs() <= MASS_TOLERANCE) | (high - low <= resolution * (1 + t.abs()))
+        converged = (mass_error.abs() <= tolerance) | (high - low <= resolution * (1 + t.abs()))
         if check_each_step and bool(converged.all()):
             break
         over = mass_error > 0
