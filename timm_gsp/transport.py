@@ -49,6 +49,44 @@ def check_transport_args(transport_ratio: float, gamma: float) -> None:
         raise ValueError(f"gamma must be a finite number > 0, got {gamma}")
 
 
+class _CosineToPrototypes(torch.autograd.Function):
+    """cos(p_i, f_j) for unit prototypes (K, C) and features (B, C, N) or (B, N, C) -> (B, K, N).
+
+    Written out because autograd's version of ``dots / ||f||`` spends most of its time in strided
+    norm reductions over C; here the backward is two matmuls and one fused pass over the features.
+    """
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor, unit_prototypes: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        if channel_dim == 1:
+            dots = torch.matmul(unit_prototypes, features)  # (B, K, N)
+        else:
+            dots = torch.matmul(features, unit_prototypes.t()).transpose(1, 2)  # (B, K, N)
+        inv_norms = (features * features).sum(channel_dim).clamp_min(1e-24).rsqrt().unsqueeze(1)  # (B, 1, N)
+        ctx.save_for_backward(features, unit_prototypes, dots, inv_norms)
+        ctx.channel_dim = channel_dim
+        return dots * inv_norms
+
+    @staticmethod
+    def backward(ctx, grad_cosine: torch.Tensor):
+        features, unit_prototypes, dots, inv_norms = ctx.saved_tensors
+        grad_dots = grad_cosine * inv_norms  # (B, K, N)
+        # d(1/|f|)/df = -f / |f|^3
+        radial = ((grad_cosine * dots).sum(1, keepdim=True) * inv_norms.pow(3))  # (B, 1, N)
+        grad_features = grad_prototypes = None
+        if ctx.channel_dim == 1:
+            if ctx.needs_input_grad[0]:
+                grad_features = torch.matmul(unit_prototypes.t(), grad_dots) - features * radial
+            if ctx.needs_input_grad[1]:
+                grad_prototypes = torch.bmm(grad_dots, features.transpose(1, 2)).sum(0)
+        else:
+            if ctx.needs_input_grad[0]:
+                grad_features = torch.matmul(grad_dots.transpose(1, 2), unit_prototypes) - features * radial.transpose(1, 2)
+            if ctx.needs_input_grad[1]:
+                grad_prototypes = torch.bmm(grad_dots, features).sum(0)
+        return grad_features, grad_prototypes, None
+
+
 def prototype_costs(features: torch.Tensor, prototypes: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
     """Euclidean distance between L2-normalised prototypes and features, in [0, 2].
 
@@ -66,16 +104,7 @@ def prototype_costs(features: torch.Tensor, prototypes: torch.Tensor, channel_di
             f"prototypes of shape {tuple(prototypes.shape)} do not match features of shape "
             f"{tuple(features.shape)} with channels on dim {channel_dim}"
         )
-    unit_prototypes = F.normalize(prototypes, dim=1)
-    # Divide the (K x N) dot products by the feature norms rather than normalising the
-    # (C x N) features: same value, one pass over the features fewer.
-    if channel_dim == 1:
-        dots = torch.matmul(unit_prototypes, features)  # (B, K, N)
-        norms = torch.linalg.vector_norm(features, dim=1, keepdim=True)  # (B, 1, N)
-    else:
-        dots = torch.matmul(features, unit_prototypes.t()).transpose(1, 2)  # (B, K, N)
-        norms = torch.linalg.vector_norm(features, dim=2).unsqueeze(1)  # (B, 1, N)
-    cosine = dots / norms.clamp_min(1e-12)
+    cosine = _CosineToPrototypes.apply(features, F.normalize(prototypes, dim=1), channel_dim)
     # ||p - f||^2 = 2 - 2 cos; the floor keeps sqrt's gradient finite for coincident vectors.
     return (2.0 - 2.0 * cosine).clamp_min(1e-8).sqrt()
 
