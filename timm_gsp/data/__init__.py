@@ -1,0 +1,25 @@
+"""Datasets, class-balanced sampling and transforms for deep metric learning with timm-gsp.
+
+* :func:`build_dataset` -- ``cub``, ``cars``, ``sop``, ``inshop``, ``folder``, ``collage``; splits
+  ``train`` / ``test`` (``query`` / ``gallery`` for In-Shop) and a class-disjoint ``val`` carved
+  from the train classes.
+* :class:`CollageDataset` -- the embedded, generated benchmark (no download).
+* :class:`MPerClassBatchSampler` -- m-per-class batches, DDP-aware, resumable.
+* :func:`build_transforms` -- timm train/eval transforms from a model's data config.
+"""
+from .base import ImageFileDataset, RetrievalDataset
+from .collage import CollageConfig, CollageDataset, default_cache_root, ensure_collage, generate_collage
+from .datasets import CUB200, Cars196, FolderDataset, InShop, StanfordOnlineProducts
+from .factory import DATASETS, build_dataset, evaluation_splits
+from .images import CorruptImageError, DatasetLayoutError, find_unreadable_images, load_rgb
+from .sampler import MPerClassBatchSampler
+from .splits import carve_validation, split_classes
+from .transforms import COLLAGE_TRANSFORM_OVERRIDES, build_transforms, resolve_input_config
+
+__all__ = [
+    "CUB200", "COLLAGE_TRANSFORM_OVERRIDES", "Cars196", "CollageConfig", "CollageDataset", "CorruptImageError",
+    "DATASETS", "DatasetLayoutError", "FolderDataset", "ImageFileDataset", "InShop", "MPerClassBatchSampler",
+    "RetrievalDataset", "StanfordOnlineProducts", "build_dataset", "build_transforms", "carve_validation",
+    "default_cache_root", "ensure_collage", "evaluation_splits", "find_unreadable_images", "generate_collage",
+    "load_rgb", "resolve_input_config", "split_classes",
+]
