@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 import timm_gsp
 from timm_gsp.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from timm_gsp.data import COLLAGE_TRANSFORM_OVERRIDES, MPerClassBatchSampler, build_dataset, build_transforms, evaluation_splits
+from timm_gsp.data import (COLLAGE_TRANSFORM_OVERRIDES, MPerClassBatchSampler, build_dataset, build_transforms,
+                           evaluation_splits, resolve_input_config)
 from timm_gsp.evaluate import evaluate_retrieval
 from timm_gsp.losses import GSPMetricLoss
 
@@ -304,12 +305,21 @@ def plot_metrics(history: List[Dict[str, Any]], path: Path) -> None:
 
 
 def save_weight_maps(model, eval_set, path: Path, count: int = 8) -> None:
-    """PNG of the GSP pooling weights over a few held-out images."""
+    """One PNG row: GSP pooling weights over ``count`` evenly spaced held-out images."""
+    from PIL import Image
+
     from timm_gsp import viz
 
-    images = torch.stack([eval_set[i][0] for i in range(0, len(eval_set), max(len(eval_set) // count, 1))][:count])
-    viz.save_weight_grid(model, images, path, mean=eval_set.transform_mean, std=eval_set.transform_std) \
-        if hasattr(eval_set, "transform_mean") else viz.save_weight_grid(model, images, path)
+    indices = range(0, len(eval_set), max(len(eval_set) // count, 1))
+    images = torch.stack([eval_set[i][0] for i in indices][:count]).to(next(model.parameters()).device)
+    config = resolve_input_config(model)
+    maps = viz.pooling_maps(model, images)
+    shown = viz.denormalize(images.float().cpu(), config["mean"], config["std"])
+    tiles = [viz.overlay(shown[i], maps.weights[i].cpu()).resize((128, 128), Image.NEAREST) for i in range(len(images))]
+    grid = Image.new("RGB", (128 * len(tiles), 128))
+    for i, tile in enumerate(tiles):
+        grid.paste(tile, (128 * i, 0))
+    grid.save(path)
 
 
 def train(args: argparse.Namespace) -> Dict[str, Any]:
