@@ -63,7 +63,7 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-prototypes", type=int, default=64)
-    parser.add_argument("--num-classes", type=int, default=512, help="embedding / classifier size after pooling")
+    parser.add_argument("--num-classes", type=int, default=1000, help="classifier (or embedding) size after pooling")
     parser.add_argument("--feature-size", type=int, default=7, help="H = W of the backbone features for the head test")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--train-batch-size", type=int, default=None, help="batch of the end-to-end step (default: --batch-size)")

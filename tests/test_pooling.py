@@ -14,7 +14,7 @@ def test_layouts_agree_and_match_transport():
     pool_nchw = make_pool()
     x = torch.randn(3, 16, 5, 4)
     z = pool_nchw(x)
-    weights, _ = gsp_transport(prototype_costs(x.flatten(2), pool_nchw.prototypes), 0.3, 5.0)
+    weights, _ = gsp_transport(prototype_costs(x.flatten(2), pool_nchw.prototypes, channel_dim=1), 0.3, 5.0)
     torch.testing.assert_close(z, torch.einsum("bcn,bn->bc", x.flatten(2), weights))
     for fmt, inp in [("NHWC", x.permute(0, 2, 3, 1)), ("NLC", x.flatten(2).transpose(1, 2))]:
         pool = make_pool(input_fmt=fmt)

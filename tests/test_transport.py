@@ -29,7 +29,7 @@ def random_costs(batch=3, prototypes=5, features=11, seed=0, dtype=torch.float64
     generator = torch.Generator().manual_seed(seed)
     feats = torch.randn(batch, 16, features, generator=generator, dtype=dtype)
     protos = torch.randn(prototypes, 16, generator=generator, dtype=dtype)
-    return prototype_costs(feats, protos)
+    return prototype_costs(feats, protos, channel_dim=1)
 
 
 @pytest.mark.parametrize("mu,gamma", [(0.3, 5.0), (0.1, 1.0), (0.7, 20.0), (0.5, 0.1), (0.3, 100.0)])
@@ -161,7 +161,7 @@ def test_bad_arguments_raise(mu, gamma, shape):
 def test_prototype_costs_shapes_and_range():
     feats = torch.randn(2, 8, 5)
     protos = torch.randn(3, 8)
-    costs = prototype_costs(feats, protos)
+    costs = prototype_costs(feats, protos, channel_dim=1)
     costs_nlc = prototype_costs(feats.transpose(1, 2), protos, channel_dim=2)
     torch.testing.assert_close(costs, costs_nlc)
     reference = torch.cdist(
@@ -170,4 +170,15 @@ def test_prototype_costs_shapes_and_range():
     )
     torch.testing.assert_close(costs, reference, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="do not match"):
-        prototype_costs(feats, torch.randn(3, 7))
+        prototype_costs(feats, torch.randn(3, 7), channel_dim=1)
+
+
+def test_fused_cost_and_pooling_gradients_float64():
+    from timm_gsp.transport import weighted_sum
+
+    tokens = torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)
+    protos = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(2, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f, p: prototype_costs(f, p), (tokens, protos))
+    assert torch.autograd.gradcheck(lambda f, p: prototype_costs(f, p, channel_dim=1), (tokens.detach().transpose(1, 2).requires_grad_(True), protos))
+    assert torch.autograd.gradcheck(weighted_sum, (tokens, weights))

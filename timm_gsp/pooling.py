@@ -21,7 +21,7 @@ from typing import Iterator, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .transport import TransportPlan, check_transport_args, gsp_transport, prototype_costs
+from .transport import TransportPlan, check_transport_args, gsp_transport, prototype_costs, weighted_sum
 
 __all__ = [
     "GeneralizedSumPool",
@@ -173,7 +173,7 @@ class GeneralizedSumPool(nn.Module):
         Returns:
             indices: (K,) rows of the flattened (M, C) features chosen as prototypes.
         """
-        flat = features if features.dim() == 2 else self._to_tokens(features).reshape(-1, features.shape[self._channel_dim(features)])
+        flat = features if features.dim() == 2 else self._to_tokens(features).flatten(0, 1)
         if flat.shape[0] < self.num_prototypes:
             raise ValueError(f"k-center needs at least K={self.num_prototypes} features, got {flat.shape[0]}")
         self.materialize(flat.shape[1])
@@ -192,11 +192,8 @@ class GeneralizedSumPool(nn.Module):
         self.prototypes.copy_(flat[indices].to(self.prototypes.dtype))
         return indices
 
-    def _channel_dim(self, x: torch.Tensor) -> int:
-        return 1 if self.input_fmt == "NCHW" else x.dim() - 1
-
     def _to_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, C, N); (B, H, W, C) or (B, L, C) -> (B, N, C), prefix skipped."""
+        """(B, C, H, W), (B, H, W, C) or (B, L, C) -> (B, N, C) (a view; prefix tokens dropped)."""
         expected_dims = 3 if self.input_fmt == "NLC" else 4
         if x.dim() != expected_dims:
             raise ValueError(
@@ -204,7 +201,7 @@ class GeneralizedSumPool(nn.Module):
                 f"tensor, got shape {tuple(x.shape)}"
             )
         if self.input_fmt == "NCHW":
-            return x.flatten(2)
+            return x.flatten(2).transpose(1, 2)  # free for channels_last input, else one copy later
         if self.input_fmt == "NHWC":
             return x.flatten(1, 2)
         if x.shape[1] <= self.num_prefix_tokens:
@@ -212,26 +209,20 @@ class GeneralizedSumPool(nn.Module):
         return x[:, self.num_prefix_tokens:]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channel_dim = self._channel_dim(x)
-        tokens = self._to_tokens(x)  # (B, C, N) for NCHW else (B, N, C)
-        feature_dim = 1 if self.input_fmt == "NCHW" else 2
-        self.materialize(x.shape[channel_dim])
-        if tokens.shape[feature_dim] != self.prototypes.shape[1]:
+        tokens = self._to_tokens(x)  # (B, N, C)
+        self.materialize(tokens.shape[2])
+        if tokens.shape[2] != self.prototypes.shape[1]:
             raise ValueError(
                 f"GeneralizedSumPool has prototypes for {self.prototypes.shape[1]} channels, "
                 f"got input of shape {tuple(x.shape)} ({self.input_fmt})"
             )
         compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         with torch.autocast(device_type=x.device.type, enabled=False):
-            tokens32 = tokens.to(compute_dtype)
-            costs = prototype_costs(tokens32, self.prototypes.to(compute_dtype), channel_dim=feature_dim)
+            # One contiguous float32 (B, N, C) copy serves the costs and the weighted sum.
+            tokens = tokens.to(compute_dtype).contiguous()
+            costs = prototype_costs(tokens, self.prototypes.to(compute_dtype))
             plan = self.transport(costs)
-            weights = plan.weights.unsqueeze(-1)  # (B, N, 1)
-            if feature_dim == 1:
-                pooled = torch.bmm(tokens32, weights).squeeze(-1)  # (B, C)
-            else:
-                pooled = torch.bmm(weights.transpose(1, 2), tokens32).squeeze(1)  # (B, C)
-        pooled = pooled.to(x.dtype)
+            pooled = weighted_sum(tokens, plan.weights).to(x.dtype)  # (B, C)
         if not self.flatten and self.input_fmt != "NLC":
             pooled = pooled[:, :, None, None] if self.input_fmt == "NCHW" else pooled[:, None, None, :]
         return pooled

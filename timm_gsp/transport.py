@@ -24,6 +24,7 @@ __all__ = [
     "TransportPlan",
     "gsp_transport",
     "prototype_costs",
+    "weighted_sum",
     "solve_threshold",
     "check_transport_args",
 ]
@@ -50,61 +51,78 @@ def check_transport_args(transport_ratio: float, gamma: float) -> None:
 
 
 class _CosineToPrototypes(torch.autograd.Function):
-    """cos(p_i, f_j) for unit prototypes (K, C) and features (B, C, N) or (B, N, C) -> (B, K, N).
+    """cos(p_i, f_j) of unit prototypes (K, C) and contiguous tokens (B, N, C) -> (B, N, K).
 
-    Written out because autograd's version of ``dots / ||f||`` spends most of its time in strided
-    norm reductions over C; here the backward is two matmuls and one fused pass over the features.
+    Written out because autograd's ``dots / ||f||`` spends most of its time in norm reductions and
+    temporaries; here the backward is two plain matmuls and one fused in-place pass over the tokens.
     """
 
     @staticmethod
-    def forward(ctx, features: torch.Tensor, unit_prototypes: torch.Tensor, channel_dim: int) -> torch.Tensor:
-        if channel_dim == 1:
-            dots = torch.matmul(unit_prototypes, features)  # (B, K, N)
-        else:
-            dots = torch.matmul(features, unit_prototypes.t()).transpose(1, 2)  # (B, K, N)
-        inv_norms = (features * features).sum(channel_dim).clamp_min(1e-24).rsqrt().unsqueeze(1)  # (B, 1, N)
-        ctx.save_for_backward(features, unit_prototypes, dots, inv_norms)
-        ctx.channel_dim = channel_dim
+    def forward(ctx, tokens: torch.Tensor, unit_prototypes: torch.Tensor) -> torch.Tensor:
+        batch, num_tokens, channels = tokens.shape
+        flat = tokens.view(batch * num_tokens, channels)
+        dots = (flat @ unit_prototypes.t()).view(batch, num_tokens, -1)  # (B, N, K)
+        inv_norms = torch.linalg.vector_norm(tokens, dim=2, keepdim=True).clamp_min(1e-12).reciprocal()  # (B, N, 1)
+        ctx.save_for_backward(tokens, unit_prototypes, dots, inv_norms)
         return dots * inv_norms
 
     @staticmethod
     def backward(ctx, grad_cosine: torch.Tensor):
-        features, unit_prototypes, dots, inv_norms = ctx.saved_tensors
-        grad_dots = grad_cosine * inv_norms  # (B, K, N)
-        # d(1/|f|)/df = -f / |f|^3
-        radial = ((grad_cosine * dots).sum(1, keepdim=True) * inv_norms.pow(3))  # (B, 1, N)
-        grad_features = grad_prototypes = None
-        if ctx.channel_dim == 1:
-            if ctx.needs_input_grad[0]:
-                grad_features = torch.matmul(unit_prototypes.t(), grad_dots) - features * radial
-            if ctx.needs_input_grad[1]:
-                grad_prototypes = torch.bmm(grad_dots, features.transpose(1, 2)).sum(0)
-        else:
-            if ctx.needs_input_grad[0]:
-                grad_features = torch.matmul(grad_dots.transpose(1, 2), unit_prototypes) - features * radial.transpose(1, 2)
-            if ctx.needs_input_grad[1]:
-                grad_prototypes = torch.bmm(grad_dots, features).sum(0)
-        return grad_features, grad_prototypes, None
+        tokens, unit_prototypes, dots, inv_norms = ctx.saved_tensors
+        batch, num_tokens, channels = tokens.shape
+        grad_dots = (grad_cosine * inv_norms).reshape(batch * num_tokens, -1)  # (B*N, K)
+        grad_tokens = grad_prototypes = None
+        if ctx.needs_input_grad[0]:
+            # d(1/|f|)/df = -f / |f|^3, gathered over the K cosines of each token
+            radial = (grad_cosine * dots).sum(2, keepdim=True) * inv_norms.pow(3)  # (B, N, 1)
+            grad_tokens = (grad_dots @ unit_prototypes).view(batch, num_tokens, channels)
+            grad_tokens.addcmul_(tokens, radial, value=-1.0)
+        if ctx.needs_input_grad[1]:
+            grad_prototypes = grad_dots.t() @ tokens.view(batch * num_tokens, channels)  # (K, C)
+        return grad_tokens, grad_prototypes
 
 
-def prototype_costs(features: torch.Tensor, prototypes: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
+class _WeightedSum(torch.autograd.Function):
+    """z_b = sum_j w_bj f_bj: tokens (B, N, C), weights (B, N) -> (B, C), with a copy-free backward."""
+
+    @staticmethod
+    def forward(ctx, tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(tokens, weights)
+        return torch.bmm(weights.unsqueeze(1), tokens).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, grad_pooled: torch.Tensor):
+        tokens, weights = ctx.saved_tensors
+        grad_tokens = weights.unsqueeze(2) * grad_pooled.unsqueeze(1) if ctx.needs_input_grad[0] else None
+        grad_weights = torch.bmm(tokens, grad_pooled.unsqueeze(2)).squeeze(2) if ctx.needs_input_grad[1] else None
+        return grad_tokens, grad_weights
+
+
+def weighted_sum(tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Pooled features: tokens (B, N, C) weighted by weights (B, N) -> (B, C)."""
+    return _WeightedSum.apply(tokens.contiguous(), weights.to(tokens.dtype))
+
+
+def prototype_costs(features: torch.Tensor, prototypes: torch.Tensor, channel_dim: int = 2) -> torch.Tensor:
     """Euclidean distance between L2-normalised prototypes and features, in [0, 2].
 
     Args:
-        features: (B, C, N) when ``channel_dim == 1`` or (B, N, C) when ``channel_dim == 2``.
+        features: (B, N, C) when ``channel_dim == 2`` (fastest: contiguous tokens) or
+            (B, C, N) when ``channel_dim == 1``.
         prototypes: (K, C).
 
     Returns:
         costs: (B, K, N).
     """
     if features.dim() != 3 or channel_dim not in (1, 2):
-        raise ValueError(f"features must be (B, C, N) or (B, N, C), got shape {tuple(features.shape)}")
+        raise ValueError(f"features must be (B, N, C) or (B, C, N), got shape {tuple(features.shape)}")
     if prototypes.dim() != 2 or prototypes.shape[1] != features.shape[channel_dim]:
         raise ValueError(
             f"prototypes of shape {tuple(prototypes.shape)} do not match features of shape "
             f"{tuple(features.shape)} with channels on dim {channel_dim}"
         )
-    cosine = _CosineToPrototypes.apply(features, F.normalize(prototypes, dim=1), channel_dim)
+    tokens = (features if channel_dim == 2 else features.transpose(1, 2)).contiguous()
+    cosine = _CosineToPrototypes.apply(tokens, F.normalize(prototypes, dim=1)).transpose(1, 2)  # (B, K, N)
     # ||p - f||^2 = 2 - 2 cos; the floor keeps sqrt's gradient finite for coincident vectors.
     return (2.0 - 2.0 * cosine).clamp_min(1e-8).sqrt()
 
