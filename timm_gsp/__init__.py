@@ -11,15 +11,20 @@ from .transport import TransportPlan, gsp_transport, prototype_costs
 register()
 
 from .factory import GSPRetrievalNet, convert, create_model, init_prototypes_kcenter  # noqa: E402 (needs the hooks)
+from .losses import GSPMetricLoss, ZeroShotLoss  # noqa: E402
+from .metrics import RetrievalMetrics  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GeneralizedSumPool",
     "GSPTransport",
+    "GSPMetricLoss",
     "GSPRetrievalNet",
     "GSPUnsupportedModelError",
+    "RetrievalMetrics",
     "TransportPlan",
+    "ZeroShotLoss",
     "allow_missing_prototypes",
     "capture_transport",
     "convert",
