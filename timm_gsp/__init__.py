@@ -11,6 +11,7 @@ from .transport import TransportPlan, gsp_transport, prototype_costs
 register()
 
 from .factory import GSPRetrievalNet, convert, create_model, init_prototypes_kcenter  # noqa: E402 (needs the hooks)
+from .hub import push_to_hub, save_pretrained  # noqa: E402
 from .losses import GSPMetricLoss, ZeroShotLoss  # noqa: E402
 from .metrics import RetrievalMetrics  # noqa: E402
 
@@ -35,5 +36,7 @@ __all__ = [
     "init_prototypes_kcenter",
     "parse_gsp_spec",
     "prototype_costs",
+    "push_to_hub",
     "register",
+    "save_pretrained",
 ]

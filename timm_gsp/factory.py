@@ -130,8 +130,12 @@ def init_prototypes_kcenter(model: nn.Module, images: torch.Tensor, seed: Option
         pool.init_prototypes_kcenter(inputs[pool], seed=seed)
 
 
-def _feature_layout(features: torch.Tensor, num_features: int) -> Tuple[str, int]:
+def _feature_layout(features: Any, num_features: int) -> Tuple[str, int]:
     """Guess the layout of a ``forward_features`` output: (input_fmt, num_prefix_tokens)."""
+    if not isinstance(features, torch.Tensor):
+        raise GSPUnsupportedModelError(
+            f"forward_features returns a {type(features).__name__}, not one feature tensor GSP could pool"
+        )
     if features.dim() == 4:
         if features.shape[1] == num_features:
             return "NCHW", 0
@@ -160,12 +164,16 @@ class GSPRetrievalNet(nn.Module):
             backbone_pretrained: bool = False,
             backbone_args: Optional[Dict[str, Any]] = None,
             in_chans: int = 3,
+            img_size: Optional[Any] = None,
     ):
         super().__init__()
         backbone_args = dict(backbone_args or {})
         if isinstance(backbone, str):
+            # timm passes these back when it rebuilds a saved model (they are in its model_args)
             if in_chans != 3:
                 backbone_args["in_chans"] = in_chans
+            if img_size is not None:
+                backbone_args["img_size"] = img_size
             backbone = timm.create_model(backbone, pretrained=backbone_pretrained, num_classes=0, **backbone_args)
         else:
             backbone.reset_classifier(0)  # its classifier would be an unused parameter (DDP objects)
@@ -173,7 +181,8 @@ class GSPRetrievalNet(nn.Module):
         self.num_features = backbone.num_features
         self.num_prefix_tokens = getattr(backbone, "num_prefix_tokens", 0)
         # Serve the backbone's input config; timm's saved config.json rebuilds from _model_args.
-        self.pretrained_cfg = dict(getattr(backbone, "pretrained_cfg", {}), architecture="gsp_retrieval")
+        self.pretrained_cfg = dict(getattr(backbone, "pretrained_cfg", {}), architecture="gsp_retrieval",
+                                   input_size=model_input_size(backbone))
         self.input_fmt = self._probe_layout()
         self.global_pool = None
         self.reset_classifier(num_classes, pool_spec(global_pool))

@@ -39,7 +39,7 @@ from .spec import is_gsp_spec, parse_gsp_spec
 
 __all__ = ["register", "GSPUnsupportedModelError", "SUPPORTED_TIMM_VERSIONS", "model_input_size", "size_lazy_pools"]
 
-SUPPORTED_TIMM_VERSIONS = ((1, 0, 20), (2, 0, 0))  # [low, high)
+SUPPORTED_TIMM_VERSIONS = ((1, 0, 31), (2, 0, 0))  # [low, high): model_args recording arrived in 1.0.31
 _PATCHED_FLAG = "_timm_gsp_patched"
 # Channel count of the pool being built, set by the heads that know it.
 _pool_in_chs: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar("timm_gsp_pool_in_chs", default=None)
@@ -235,9 +235,9 @@ def _unsupported(model_name: str, detail: str) -> GSPUnsupportedModelError:
 def model_input_size(model: nn.Module) -> Tuple[int, int, int]:
     """(C, H, W) the model is built for, honouring ``img_size`` given at creation."""
     try:
-        from timm.models._input import get_model_input_config  # timm >= 1.0.25
+        from timm.models._input import get_model_input_config
         return tuple(get_model_input_config(model)["input_size"])
-    except (ImportError, KeyError, AttributeError):
+    except (ImportError, KeyError, AttributeError):  # a model not built by timm.create_model
         return tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
 
 

@@ -1,0 +1,319 @@
+"""Retrieval metrics for deep metric learning, as a DDP-ready ``torchmetrics.Metric``.
+
+Definitions follow MLRC (Musgrave et al., "A Metric Learning Reality Check", ECCV 2020) and
+match ``pytorch_metric_learning.utils.accuracy_calculator.AccuracyCalculator`` (default
+``avg_of_avgs=False``):
+
+* ``R`` of a query = number of *other* gallery items with the query's label (the query itself
+  is excluded in the same-set protocol, like ``ref_includes_query=True``).
+* Queries with ``R == 0`` ("lone" queries, e.g. singleton classes) are excluded from every
+  metric, exactly as AccuracyCalculator does. Hence ``recall_at_1 == precision_at_1``.
+* ``precision_at_1``: fraction of queries whose nearest neighbour has the same label.
+* ``recall_at_{k}``: fraction of queries with at least one same-label item in the top k
+  (the standard DML "Recall@K", not the IR recall).
+* ``r_precision``: mean over queries of (# same-label items in the top R) / R.
+* ``map_at_r``: mean over queries of (1/R) * sum_{i<=R} P(i) * rel(i).
+* Every metric is a plain mean over queries (no per-class averaging).
+
+Ties: neighbours are ranked by (distance, position in the gallery), i.e. among equally distant
+items the one that was added earlier (lower index in the concatenated gallery; under DDP rank 0's
+items come first) ranks first. AccuracyCalculator's ranking among exact ties is whatever its
+k-NN backend returns (unspecified for ``torch.topk``/faiss); its metrics equal ours whenever its
+k-NN breaks ties the same way.
+"""
+
+from typing import Dict, List, Literal, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import rank_zero_warn
+from torchmetrics.utilities.data import dim_zero_cat
+
+__all__ = ["RetrievalMetrics"]
+
+_DISTANCES = ("cosine", "euclidean")
+_PROTOCOLS = ("same_set", "query_gallery")
+
+
+class RetrievalMetrics(Metric):
+    """Precision@1, Recall@K, R-Precision and MAP@R with exact, chunked k-NN.
+
+    Args:
+        k_values: the K of each ``recall_at_{K}`` key; positive ints.
+        distance: ``"cosine"`` (embeddings are L2-normalised, ranked by dot product) or
+            ``"euclidean"`` (ranked by squared L2 distance).
+        chunk_size: queries per k-NN chunk: the score matrix is computed ``chunk_size`` rows
+            (x all gallery items) at a time, so the largest temporary is one float32
+            ``(chunk_size, num_gallery)`` block (248 MB for 1024 x 60,502), besides one copy of
+            the embeddings. Larger is faster (bigger matmuls), smaller bounds memory tighter.
+        protocol: ``"same_set"`` (queries = gallery, each query's own sample excluded:
+            CUB-200, Cars-196, SOP) or ``"query_gallery"`` (disjoint query and gallery sets,
+            marked per sample by ``is_query`` in :meth:`update`: In-Shop).
+        **kwargs: forwarded to :class:`torchmetrics.Metric` (``compute_on_cpu``,
+            ``sync_on_compute``, ``process_group``, ...).
+
+    Usage::
+
+        metric = RetrievalMetrics()                        # same-set (SOP, CUB, Cars)
+        metric.update(embeddings, labels)                  # (B, D) float, (B,) int
+        metric.compute()  # {"precision_at_1": ..., "recall_at_1": ..., "recall_at_2": ...,
+                          #  "recall_at_4": ..., "recall_at_8": ..., "r_precision": ...,
+                          #  "map_at_r": ...}
+
+        metric = RetrievalMetrics(protocol="query_gallery")  # In-Shop
+        metric.update(embeddings, labels, is_query)          # is_query: (B,) bool
+
+    Values are Python floats; they are NaN (with a warning) when no query has a same-label
+    gallery item. Under DDP every rank's samples are gathered before ``compute()`` (each rank
+    must have called ``update()`` at least once); note that a ``DistributedSampler`` pads with
+    duplicated samples, which then count twice.
+    Computation runs in float32, or float64 if float64 embeddings are given.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(
+        self,
+        k_values: Sequence[int] = (1, 2, 4, 8),
+        distance: Literal["cosine", "euclidean"] = "cosine",
+        chunk_size: int = 1024,
+        protocol: Literal["same_set", "query_gallery"] = "same_set",
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        k_values = tuple(k_values)
+        if not k_values or not all(isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in k_values):
+            raise ValueError(f"k_values must be a non-empty sequence of positive ints, got {k_values!r}")
+        if distance not in _DISTANCES:
+            raise ValueError(f"Unknown distance {distance!r}; expected one of {_DISTANCES}")
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        if protocol not in _PROTOCOLS:
+            raise ValueError(f"Unknown protocol {protocol!r}; expected one of {_PROTOCOLS}")
+        self.k_values = tuple(sorted(set(k_values)))
+        self.distance = distance
+        self.chunk_size = chunk_size
+        self.protocol = protocol
+
+        # List states + "cat": each rank keeps its own samples; torchmetrics all-gathers and
+        # concatenates them (in rank order) before compute().
+        self.add_state("embeddings", default=[], dist_reduce_fx="cat")
+        self.add_state("labels", default=[], dist_reduce_fx="cat")
+        if protocol == "query_gallery":
+            self.add_state("is_query", default=[], dist_reduce_fx="cat")
+
+    def update(self, embeddings: Tensor, labels: Tensor, is_query: Optional[Tensor] = None) -> None:
+        """Add a batch.
+
+        Args:
+            embeddings: (B, D) floating point.
+            labels: (B,) integer class ids.
+            is_query: (B,) bool, only for ``protocol="query_gallery"``: True for query samples,
+                False for gallery samples. Must be omitted for ``protocol="same_set"``.
+        """
+        if not isinstance(embeddings, Tensor) or embeddings.ndim != 2:
+            raise ValueError(f"embeddings must be a 2-D (B, D) tensor, got shape {tuple(getattr(embeddings, 'shape', ()))}")
+        if not embeddings.is_floating_point():
+            raise ValueError(f"embeddings must be floating point, got {embeddings.dtype}")
+        if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.shape[0] != embeddings.shape[0]:
+            raise ValueError(
+                f"labels must be a 1-D (B,) tensor matching embeddings (B={embeddings.shape[0]}), "
+                f"got shape {tuple(getattr(labels, 'shape', ()))}"
+            )
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be an integer tensor, got {labels.dtype}")
+        if self.protocol == "query_gallery":
+            if is_query is None:
+                raise ValueError('protocol="query_gallery" needs is_query: a (B,) bool tensor')
+            if not isinstance(is_query, Tensor) or is_query.dtype != torch.bool or is_query.shape != labels.shape:
+                raise ValueError(
+                    f"is_query must be a (B,) bool tensor with B={labels.shape[0]}, got "
+                    f"{getattr(is_query, 'dtype', type(is_query))} of shape {tuple(getattr(is_query, 'shape', ()))}"
+                )
+            self.is_query.append(is_query.detach())
+        elif is_query is not None:
+            raise ValueError('is_query is only valid with protocol="query_gallery"')
+        # Uniform dtypes keep the cross-rank gather and the concatenation well defined.
+        dtype = torch.float64 if embeddings.dtype == torch.float64 else torch.float32
+        self.embeddings.append(embeddings.detach().to(dtype))
+        self.labels.append(labels.detach().long())
+
+    def compute(self) -> Dict[str, float]:
+        """Return ``{"precision_at_1", "recall_at_{k}" for each k, "r_precision", "map_at_r"}``."""
+        if isinstance(self.embeddings, list) and len(self.embeddings) == 0:
+            raise ValueError("RetrievalMetrics.compute() called before any update()")
+        emb = dim_zero_cat(self.embeddings)
+        labels = dim_zero_cat(self.labels)
+        if emb.shape[0] == 0:
+            raise ValueError("RetrievalMetrics.compute() called with no samples")
+        if not torch.isfinite(emb).all():
+            raise ValueError("embeddings contain NaN or Inf")
+
+        if self.protocol == "same_set":
+            query, query_labels, gallery, gallery_labels = emb, labels, emb, labels
+        else:
+            is_query = dim_zero_cat(self.is_query)
+            query, query_labels = emb[is_query], labels[is_query]
+            gallery, gallery_labels = emb[~is_query], labels[~is_query]
+            if query.shape[0] == 0 or gallery.shape[0] == 0:
+                raise ValueError(
+                    f"query_gallery protocol needs queries and gallery items, got {query.shape[0]} "
+                    f"queries and {gallery.shape[0]} gallery items"
+                )
+        same_set = self.protocol == "same_set"
+
+        # R = number of same-label gallery items per query, minus the query itself in same-set.
+        uniq, counts = torch.unique(gallery_labels, return_counts=True)
+        pos = torch.searchsorted(uniq, query_labels).clamp_(max=len(uniq) - 1)
+        r = torch.where(uniq[pos] == query_labels, counts[pos], 0) - int(same_set)
+        valid = r > 0  # lone queries are dropped, as in AccuracyCalculator
+        if not valid.any():
+            rank_zero_warn("RetrievalMetrics: no query has a same-label gallery item; returning NaN.")
+            return {key: float("nan") for key in self._keys()}
+
+        num_candidates = gallery.shape[0] - int(same_set)
+        # Enough neighbours for both Recall@max(K) and the largest R (MAP@R, R-precision).
+        k = min(max(max(self.k_values), int(r.max())), num_candidates)
+        if same_set:  # every item is a candidate for every other, so all rows are computed
+            knn = _knn_same_set(emb, k, self.distance, self.chunk_size)[valid]
+        else:
+            knn = _knn(query[valid], gallery, k, self.distance, self.chunk_size)
+        return _metrics_from_knn(gallery_labels[knn], query_labels[valid], r[valid], self.k_values)
+
+    def _keys(self) -> List[str]:
+        return ["precision_at_1", *(f"recall_at_{k}" for k in self.k_values), "r_precision", "map_at_r"]
+
+
+def _metrics_from_knn(knn_labels: Tensor, query_labels: Tensor, r: Tensor, k_values: Sequence[int]) -> Dict[str, float]:
+    """knn_labels: (Q, k) labels of ranked neighbours; query_labels, r: (Q,), with 1 <= r <= k."""
+    hits = knn_labels == query_labels[:, None]  # (Q, k)
+    ranks = torch.arange(1, hits.shape[1] + 1, device=hits.device)
+    hits_at_r = hits & (ranks <= r[:, None])  # only the first R positions count for MAP@R / R-prec
+    r64 = r.double()
+    precision_at_i = hits_at_r.cumsum(1).double() / ranks
+    out = {"precision_at_1": hits[:, 0].double().mean().item()}
+    for k in k_values:
+        out[f"recall_at_{k}"] = hits[:, :k].any(1).double().mean().item()
+    out["r_precision"] = (hits_at_r.sum(1).double() / r64).mean().item()
+    out["map_at_r"] = ((precision_at_i * hits_at_r).sum(1) / r64).mean().item()
+    return out
+
+
+def _prepare(x: Tensor, distance: str) -> Tuple[Tensor, Optional[Tensor]]:
+    """Return (x', bias) such that the ranking score of candidate g for query q is q'.g' - bias[g]."""
+    if distance == "cosine":
+        return torch.nn.functional.normalize(x, dim=1), None
+    # ||q - g||^2 = ||q||^2 - 2 (q.g - ||g||^2 / 2). ||q||^2 is constant per query, so ranking by
+    # q.g - ||g||^2/2 is equivalent; leaving it out (and not clamping at 0) avoids manufacturing
+    # ties. Halving is exact in floating point, so exact ties stay exact.
+    return x, x.square().sum(1) / 2
+
+
+def _knn(query: Tensor, gallery: Tensor, k: int, distance: str, chunk_size: int) -> Tensor:
+    """Indices (Q, k) of each query's k nearest gallery items, ranked by (distance, index)."""
+    query, _ = _prepare(query, distance)
+    gallery, bias = _prepare(gallery, distance)
+    buf = _ScoreBuffer(min(chunk_size, query.shape[0]) * gallery.shape[0], query)
+    out = []
+    for start in range(0, query.shape[0], chunk_size):
+        q = query[start : start + chunk_size]
+        scores = torch.mm(q, gallery.T, out=buf(q.shape[0], gallery.shape[0]))  # (chunk, G)
+        if bias is not None:
+            scores -= bias
+        out.append(_sort_by_score_then_index(*_topk(scores, k))[1])
+    return torch.cat(out)
+
+
+def _knn_same_set(emb: Tensor, k: int, distance: str, chunk_size: int) -> Tensor:
+    """Indices (N, k) of each item's k nearest other items, ranked by (distance, index).
+
+    The score matrix is symmetric up to a per-candidate bias, so only its upper triangle is
+    computed: strip ``emb[a:b] @ emb[a:].T`` serves queries a:b against candidates a: (row-wise)
+    and queries b: against candidates a:b (column-wise). That halves the matmul work; a running
+    top-k per query merges the contributions.
+    """
+    x, bias = _prepare(emb, distance)
+    n = x.shape[0]
+    best_scores = x.new_full((n, k), float("-inf"))  # each row sorted best first
+    best_index = torch.full((n, k), n, dtype=torch.long, device=x.device)  # n: ranks after real items
+    buf = _ScoreBuffer(min(chunk_size, n) * n, x)
+    col_buf = _ScoreBuffer(min(chunk_size, n) * n, x) if bias is not None else None
+    for a in range(0, n, chunk_size):
+        b = min(a + chunk_size, n)
+        dots = torch.mm(x[a:b], x[a:].T, out=buf(b - a, n - a))
+        if b < n:  # column-wise: candidates a:b for queries b:, the same dot products transposed
+            cols = dots[:, b - a :]
+            if bias is not None:
+                cols = torch.sub(cols, bias[a:b, None], out=col_buf(b - a, n - b))
+            _merge(best_scores, best_index, slice(b, n), cols.T, a, k)
+        # Row-wise part: queries a:b against candidates a:.
+        rows = dots if bias is None else dots.sub_(bias[a:])
+        rows[:, : b - a].fill_diagonal_(float("-inf"))  # a query is not its own neighbour
+        _merge(best_scores, best_index, slice(a, b), rows, a, k)
+    return _sort_by_score_then_index(best_scores, best_index)[1]
+
+
+class _ScoreBuffer:
+    """One preallocated flat buffer handing out (rows, cols) views.
+
+    A fresh score matrix per chunk (248 MB at SOP size) is a fresh mmap for the allocator, so every
+    chunk would pay page faults for it again; reusing one buffer avoids that.
+    """
+
+    def __init__(self, numel: int, like: Tensor) -> None:
+        self.data = like.new_empty(numel)
+
+    def __call__(self, rows: int, cols: int) -> Tensor:
+        return self.data[: rows * cols].view(rows, cols)
+
+
+def _merge(best_scores: Tensor, best_index: Tensor, rows: slice, scores: Tensor, offset: int, k: int) -> None:
+    """Merge the k best of ``scores`` (candidates offset, offset+1, ...) into the running k best of ``rows``."""
+    s, i = _topk(scores, k)
+    s, i = torch.cat([best_scores[rows], s], 1), torch.cat([best_index[rows], i + offset], 1)
+    s, pos = _topk(s, k, i)
+    best_scores[rows], best_index[rows] = s, i.gather(1, pos)
+
+
+def _topk(scores: Tensor, k: int, index: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """The k best entries of each row of ``scores`` under (score desc, index asc).
+
+    Args:
+        scores: (R, C), higher is better.
+        k: entries to keep (at most C are returned).
+        index: (R, C) item index of each entry; None means the column number.
+
+    Returns:
+        (R, k) scores and (R, k) column positions, in no particular order among equal scores.
+
+    torch.topk picks arbitrarily among equal values, so only the *set* needs care: if the
+    (k+1)-th best value equals the k-th, the boundary is tied and that (rare) row is resolved by
+    a full (score, index) sort.
+    """
+    k = min(k, scores.shape[1])
+    s, pos = scores.topk(min(k + 1, scores.shape[1]), dim=1)
+    if s.shape[1] == k:
+        return s, pos
+    tied = torch.nonzero(s[:, k] == s[:, k - 1]).squeeze(1)
+    s, pos = s[:, :k], pos[:, :k]
+    if len(tied):
+        s, pos = s.clone(), pos.clone()
+        cols = torch.arange(scores.shape[1], device=scores.device).expand(len(tied), -1)
+        if index is None:
+            ts, tpos = _sort_by_score_then_index(scores[tied], cols)
+        else:  # sort the column positions along with their item indices
+            ts, order = _sort_by_score_then_index(scores[tied], index[tied], return_order=True)
+            tpos = cols.gather(1, order)
+        s[tied], pos[tied] = ts[:, :k], tpos[:, :k]
+    return s, pos
+
+
+def _sort_by_score_then_index(s: Tensor, i: Tensor, return_order: bool = False) -> Tuple[Tensor, Tensor]:
+    """Sort each row by score (descending), equal scores by index i (ascending): two stable passes."""
+    i, order = i.sort(dim=1)
+    s, second = s.gather(1, order).sort(dim=1, descending=True, stable=True)
+    order = order.gather(1, second)
+    return s, (order if return_order else i.gather(1, second))
