@@ -190,11 +190,15 @@ def seed_everything(seed: int) -> None:
 
 
 def build_data(args, model, env: Distributed):
-    """Train loader (m-per-class batches, sharded over ranks) and the evaluation split(s)."""
+    """Train loader (m-per-class batches, sharded over ranks), the evaluation split(s) and their
+    data config (input size, mean, std, crop: what an exported model must publish)."""
     is_collage = args.dataset == "collage"
     input_size = args.img_size or (64 if is_collage else None)
     train_tf = build_transforms(model, True, input_size=input_size, **(COLLAGE_TRANSFORM_OVERRIDES["train"] if is_collage else {}))
-    eval_tf = build_transforms(model, False, input_size=input_size, **(COLLAGE_TRANSFORM_OVERRIDES["eval"] if is_collage else {}))
+    eval_overrides = COLLAGE_TRANSFORM_OVERRIDES["eval"] if is_collage else {}
+    eval_tf = build_transforms(model, False, input_size=input_size, **eval_overrides)
+    # The preprocessing the metrics were measured with: what an exported model must publish.
+    eval_data_config = {**resolve_input_config(model, input_size), **eval_overrides}
     extra: Dict[str, Any] = {}
     if args.skip_corrupt:
         extra["skip_corrupt"] = True
@@ -217,7 +221,7 @@ def build_data(args, model, env: Distributed):
                                     num_replicas=env.world_size, rank=env.rank, seed=args.seed)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers,
                         pin_memory=env.device.type == "cuda", persistent_workers=False)
-    return train_set, loader, sampler, eval_splits
+    return train_set, loader, sampler, eval_splits, eval_data_config
 
 
 def build_model(args, env: Distributed) -> torch.nn.Module:
@@ -330,7 +334,7 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
     seed_everything(args.seed)
     started = time.time()
     model = build_model(args, env)
-    train_set, loader, sampler, eval_splits = build_data(args, model, env)
+    train_set, loader, sampler, eval_splits, eval_data_config = build_data(args, model, env)
     criterion = build_criterion(args, model, train_set.num_classes, env)
     optimizer = build_optimizer(args, model, criterion)
     scheduler = build_scheduler(args, optimizer, len(sampler))
@@ -402,7 +406,7 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
 
     if not metrics:  # resumed after the last epoch: evaluate the final weights
         metrics = evaluate_retrieval(model, eval_splits, **eval_kwargs)
-    results = {"metrics": metrics, "config": vars(args), "epochs": args.epochs,
+    results = {"metrics": metrics, "config": vars(args), "data_config": eval_data_config, "epochs": args.epochs,
                "world_size": env.world_size, "wall_time_s": time.time() - started,
                "eval_split": "+".join(eval_splits)}
     if env.is_main:
@@ -414,8 +418,26 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
         summary = "  ".join(f"{k} {metrics[k]:.4f}" for k in ("precision_at_1", "r_precision", "map_at_r"))
         print(f"{args.pool.upper()} on held-out classes ({results['eval_split']}): {summary}")
         print(f"wrote {output / 'results.json'}, {output / 'metrics.png'}, {output / 'checkpoint'}")
+        if args.dataset == "collage" and not args.val_fraction:
+            print_collage_reference(metrics)
     env.close()
     return results
+
+
+def print_collage_reference(metrics: Dict[str, float]) -> None:
+    """Next to a collage test run, the table's numbers (benchmarks/collage_benchmark.py), if present."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "collage_results.json"
+    if not path.is_file():
+        return
+    table = json.loads(path.read_text()).get("methods", {})
+    keys = ("precision_at_1", "r_precision", "map_at_r")
+    print(f"{'':28s} {'P@1':>14s} {'R-Prec':>14s} {'MAP@R':>14s}")
+    print(f"{'this run':28s} " + " ".join(f"{metrics[k]:14.4f}" for k in keys))
+    for name in ("gap", "gsp_zsr"):
+        if name in table and f"{keys[0]}_mean" in table[name]:
+            row = table[name]
+            cells = " ".join(f"{row[k + '_mean']:.4f}+-{row[k + '_std']:.4f}".rjust(14) for k in keys)
+            print(f"{row['label'][:28]:28s} {cells}   (results table, {row['n_seeds']} seeds)")
 
 
 def main(argv: Optional[List[str]] = None) -> None:
