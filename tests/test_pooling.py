@@ -22,6 +22,22 @@ def test_layouts_agree_and_match_transport():
         torch.testing.assert_close(pool(inp), z)
 
 
+def test_memory_layouts_give_the_same_values_and_gradients():
+    """Plain NCHW is read as (B, C, N), channels_last as (B, N, C), a strided slice via one copy."""
+    pool = make_pool().double()
+    base = torch.randn(3, 16, 5, 8, dtype=torch.float64)
+    results = []
+    for x in (base, base.contiguous(memory_format=torch.channels_last), torch.stack([base, torch.zeros_like(base)], dim=-1)[..., 0]):
+        x = x.detach().requires_grad_(True)
+        pool.zero_grad()
+        out = pool(x)
+        (out * torch.linspace(-1, 1, 16, dtype=torch.float64)).sum().backward()
+        results.append((out, x.grad, pool.prototypes.grad.clone()))
+    for other in results[1:]:
+        for got, expected in zip(other, results[0]):
+            torch.testing.assert_close(got, expected)
+
+
 def test_flatten_false_keeps_singleton_dims():
     x = torch.randn(2, 16, 3, 3)
     assert make_pool(flatten=False)(x).shape == (2, 16, 1, 1)

@@ -182,3 +182,8 @@ def test_fused_cost_and_pooling_gradients_float64():
     assert torch.autograd.gradcheck(lambda f, p: prototype_costs(f, p), (tokens, protos))
     assert torch.autograd.gradcheck(lambda f, p: prototype_costs(f, p, channel_dim=1), (tokens.detach().transpose(1, 2).requires_grad_(True), protos))
     assert torch.autograd.gradcheck(weighted_sum, (tokens, weights))
+    channels_first = tokens.detach().transpose(1, 2).contiguous().requires_grad_(True)  # (B, C, N)
+    assert torch.autograd.gradcheck(lambda f, w: weighted_sum(f, w, channel_dim=1), (channels_first, weights))
+    # a transposed view of (B, C, N) is read in place, in the other layout: same values and gradients
+    assert torch.autograd.gradcheck(lambda f, p: prototype_costs(f.transpose(1, 2), p), (channels_first, protos))
+    assert torch.autograd.gradcheck(lambda f, w: weighted_sum(f.transpose(1, 2), w), (channels_first, weights))

@@ -21,7 +21,14 @@ from typing import Iterator, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .transport import TransportPlan, check_transport_args, gsp_transport, prototype_costs, weighted_sum
+from .transport import (
+    TransportPlan,
+    check_transport_args,
+    dense_layout,
+    gsp_transport,
+    prototype_costs,
+    weighted_sum,
+)
 
 __all__ = [
     "GeneralizedSumPool",
@@ -201,7 +208,7 @@ class GeneralizedSumPool(nn.Module):
                 f"tensor, got shape {tuple(x.shape)}"
             )
         if self.input_fmt == "NCHW":
-            return x.flatten(2).transpose(1, 2)  # free for channels_last input, else one copy later
+            return x.flatten(2).transpose(1, 2)  # a view in either memory format
         if self.input_fmt == "NHWC":
             return x.flatten(1, 2)
         if x.shape[1] <= self.num_prefix_tokens:
@@ -218,11 +225,11 @@ class GeneralizedSumPool(nn.Module):
             )
         compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         with torch.autocast(device_type=x.device.type, enabled=False):
-            # One contiguous float32 (B, N, C) copy serves the costs and the weighted sum.
-            tokens = tokens.to(compute_dtype).contiguous()
-            costs = prototype_costs(tokens, self.prototypes.to(compute_dtype))
+            # Plain NCHW is read as (B, C, N) in place, tokens as (B, N, C): no transpose copy.
+            features, channel_dim = dense_layout(tokens.to(compute_dtype), channel_dim=2)
+            costs = prototype_costs(features, self.prototypes.to(compute_dtype), channel_dim)
             plan = self.transport(costs)
-            pooled = weighted_sum(tokens, plan.weights).to(x.dtype)  # (B, C)
+            pooled = weighted_sum(features, plan.weights, channel_dim).to(x.dtype)  # (B, C)
         if not self.flatten and self.input_fmt != "NLC":
             pooled = pooled[:, :, None, None] if self.input_fmt == "NCHW" else pooled[:, None, None, :]
         return pooled
