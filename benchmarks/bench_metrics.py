@@ -7,6 +7,11 @@ comparison means something.
 
     python benchmarks/bench_metrics.py                       # full SOP size (minutes on 2 cores)
     python benchmarks/bench_metrics.py --num-embeddings 5000 # quick run
+    python benchmarks/bench_metrics.py --threads 1 --repeat 2  # on a shared, busy machine
+
+Times are wall clock and process CPU time of the timed call only (data generation and
+``update()`` excluded), best of ``--repeat`` fresh runs per side, sides alternating. CPU time is
+the steadier number when other jobs compete for the cores.
 
 Each side runs in its own fresh subprocess (same seed -> same data), one after the other, so
 neither sees the other's memory or warm caches. Memory: torch allocates outside Python's
@@ -16,7 +21,8 @@ counter (``echo 5 > /proc/self/clear_refs``, Linux >= 4.0) right before the time
 needed on top of the data, Python and torch already resident. If clear_refs is not available the
 fallback is ``resource.getrusage`` max-RSS, whose delta can only under-estimate.
 
-AccuracyCalculator's default k-NN is faiss (``FaissKNN``), which is not installed, so it is given
+AccuracyCalculator's default k-NN is faiss (``FaissKNN``; without faiss, ``AccuracyCalculator()``
+fails with ``NameError: name 'faiss' is not defined``; there is no automatic fallback), so it is given
 pml's own torch k-NN, ``CustomKNN(CosineSimilarity(), batch_size=chunk_size)``. Without a batch
 size CustomKNN builds the dense N x N matrix (14.6 GB at full size). ``k="max_bin_count"`` is
 the k pml recommends for MAP@R (``k=None`` would return N x N neighbour indices).
@@ -154,9 +160,10 @@ def main() -> None:
             print(f"[{rep + 1}/{args.repeat}] {name} ...", flush=True)
             r = run_side(side, args)
             runs[side].append(r)
+            rss = r["final_rss_bytes"]
+            process_peak = "" if rss is None else f"process peak {rss / 2**30:.3f} GiB; "
             print(f"  {r['seconds']:8.2f} s wall, {r['cpu_seconds']:8.2f} s CPU, peak extra memory "
-                  f"{r['peak_extra_bytes'] / 2**30:.3f} GiB (process peak {r['final_rss_bytes'] / 2**30:.3f} GiB; "
-                  f"{r['method']})")
+                  f"{r['peak_extra_bytes'] / 2**30:.3f} GiB ({process_peak}{r['method']})")
             print("  " + ", ".join(f"{k}={v:.6f}" for k, v in r["values"].items()), flush=True)
 
     # Times: best of the repeats (on a busy machine the least disturbed one); memory: the worst.
@@ -172,7 +179,8 @@ def main() -> None:
               f"peak extra memory {pml['peak_extra_bytes'] / 2**30:.3f} GiB")
         for what, key in (("wall", "seconds"), ("CPU", "cpu_seconds")):
             ratio = pml[key] / ours[key]
-            print(f"speed ratio pml/ours ({what} time): {ratio:.2f}x (target >= 2x: {'OK' if ratio >= 2 else 'MISSED'})")
+            verdict = "OK" if ratio >= 2 else "MISSED"
+            print(f"speed ratio pml/ours ({what} time): {ratio:.2f}x (target >= 2x: {verdict})")
         ours_values, pml_values = runs["ours"][0]["values"], runs["pml"][0]["values"]
         diffs = {k: abs(ours_values[k] - v) for k, v in pml_values.items()}
         print("value |ours - pml|: " + ", ".join(f"{k}={d:.2e}" for k, d in diffs.items()))

@@ -78,7 +78,7 @@ def _reference(emb, labels, distance, is_query=None, knn_func=None):
 
 def _ours(emb, labels, distance, is_query=None, chunk_size=64, batch=50, **kwargs):
     protocol = "same_set" if is_query is None else "query_gallery"
-    metric = RetrievalMetrics(k_values=K_VALUES, distance=distance, chunk_size=chunk_size, protocol=protocol, **kwargs)
+    metric = RetrievalMetrics(K_VALUES, distance=distance, chunk_size=chunk_size, protocol=protocol, **kwargs)
     for s in range(0, len(labels), batch):  # several update() calls, as in an eval loop
         extra = () if is_query is None else (is_query[s : s + batch],)
         metric.update(emb[s : s + batch], labels[s : s + batch], *extra)

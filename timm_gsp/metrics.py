@@ -19,7 +19,9 @@ Ties: neighbours are ranked by (distance, position in the gallery), i.e. among e
 items the one that was added earlier (lower index in the concatenated gallery; under DDP rank 0's
 items come first) ranks first. AccuracyCalculator's ranking among exact ties is whatever its
 k-NN backend returns (unspecified for ``torch.topk``/faiss); its metrics equal ours whenever its
-k-NN breaks ties the same way.
+k-NN breaks ties the same way. "Equal" means equal computed scores: the matmul's rounding can
+depend on its blocking (``chunk_size``), so two bit-identical embeddings are not guaranteed to
+tie exactly unless the arithmetic is exact.
 """
 
 from typing import Dict, List, Literal, Optional, Sequence, Tuple
@@ -40,13 +42,14 @@ class RetrievalMetrics(Metric):
     """Precision@1, Recall@K, R-Precision and MAP@R with exact, chunked k-NN.
 
     Args:
-        k_values: the K of each ``recall_at_{K}`` key; positive ints.
+        k_values: the K of each ``recall_at_{K}`` key; positive ints (sorted, duplicates dropped).
         distance: ``"cosine"`` (embeddings are L2-normalised, ranked by dot product) or
             ``"euclidean"`` (ranked by squared L2 distance).
         chunk_size: queries per k-NN chunk: the score matrix is computed ``chunk_size`` rows
-            (x all gallery items) at a time, so the largest temporary is one float32
-            ``(chunk_size, num_gallery)`` block (248 MB for 1024 x 60,502), besides one copy of
-            the embeddings. Larger is faster (bigger matmuls), smaller bounds memory tighter.
+            (x all gallery items) at a time into one reused float32 ``(chunk_size, num_gallery)``
+            buffer (248 MB for 1024 x 60,502; two for same-set Euclidean), besides a couple of
+            copies of the embeddings. Memory is therefore bounded independently of the number of
+            queries; the (num_queries, k) neighbour table is the only other O(N) allocation.
         protocol: ``"same_set"`` (queries = gallery, each query's own sample excluded:
             CUB-200, Cars-196, SOP) or ``"query_gallery"`` (disjoint query and gallery sets,
             marked per sample by ``is_query`` in :meth:`update`: In-Shop).
@@ -115,7 +118,8 @@ class RetrievalMetrics(Metric):
                 False for gallery samples. Must be omitted for ``protocol="same_set"``.
         """
         if not isinstance(embeddings, Tensor) or embeddings.ndim != 2:
-            raise ValueError(f"embeddings must be a 2-D (B, D) tensor, got shape {tuple(getattr(embeddings, 'shape', ()))}")
+            shape = tuple(getattr(embeddings, "shape", ()))
+            raise ValueError(f"embeddings must be a 2-D (B, D) tensor, got shape {shape}")
         if not embeddings.is_floating_point():
             raise ValueError(f"embeddings must be floating point, got {embeddings.dtype}")
         if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.shape[0] != embeddings.shape[0]:
@@ -187,7 +191,9 @@ class RetrievalMetrics(Metric):
         return ["precision_at_1", *(f"recall_at_{k}" for k in self.k_values), "r_precision", "map_at_r"]
 
 
-def _metrics_from_knn(knn_labels: Tensor, query_labels: Tensor, r: Tensor, k_values: Sequence[int]) -> Dict[str, float]:
+def _metrics_from_knn(
+    knn_labels: Tensor, query_labels: Tensor, r: Tensor, k_values: Sequence[int]
+) -> Dict[str, float]:
     """knn_labels: (Q, k) labels of ranked neighbours; query_labels, r: (Q,), with 1 <= r <= k."""
     hits = knn_labels == query_labels[:, None]  # (Q, k)
     ranks = torch.arange(1, hits.shape[1] + 1, device=hits.device)
@@ -237,7 +243,7 @@ def _knn_same_set(emb: Tensor, k: int, distance: str, chunk_size: int) -> Tensor
     """
     x, bias = _prepare(emb, distance)
     n = x.shape[0]
-    best_scores = x.new_full((n, k), float("-inf"))  # each row sorted best first
+    best_scores = x.new_full((n, k), float("-inf"))
     best_index = torch.full((n, k), n, dtype=torch.long, device=x.device)  # n: ranks after real items
     buf = _ScoreBuffer(min(chunk_size, n) * n, x)
     col_buf = _ScoreBuffer(min(chunk_size, n) * n, x) if bias is not None else None
@@ -287,7 +293,8 @@ def _topk(scores: Tensor, k: int, index: Optional[Tensor] = None) -> Tuple[Tenso
         index: (R, C) item index of each entry; None means the column number.
 
     Returns:
-        (R, k) scores and (R, k) column positions, in no particular order among equal scores.
+        (R, k) scores, best first, and their (R, k) column positions; the order *among equal
+        scores* is unspecified (callers sort with _sort_by_score_then_index when it matters).
 
     torch.topk picks arbitrarily among equal values, so only the *set* needs care: if the
     (k+1)-th best value equals the k-th, the boundary is tied and that (rare) row is resolved by
