@@ -134,7 +134,7 @@ def weight_map_figure(out: Path, path: Path, count: int = 10) -> None:
         h, w = wmap.shape
         heat = wmap.repeat_interleave(size // h, 0).repeat_interleave(size // w, 1)  # nearest: one block per cell
         img = viz.denormalize(images[k:k + 1].float(), conf["mean"], conf["std"])[0]
-        top = viz._to_pil(img).resize((cell, cell), Image.NEAREST)
+        top = viz.to_pil(img).resize((cell, cell), Image.NEAREST)
         bottom = viz.overlay(shown[k], heat, alpha=0.6, scale=None).resize((cell, cell), Image.NEAREST)
         x0, y0, x1, y1 = (ds.object_boxes[i].float() * cell / ds.config.image_size).tolist()
         for im in (top, bottom):

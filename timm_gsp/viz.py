@@ -29,7 +29,7 @@ from PIL import Image, ImageOps
 
 from .pooling import GeneralizedSumPool, capture_transport, gsp_modules
 
-__all__ = ["PoolingMaps", "denormalize", "feature_grid", "overlay", "pooling_maps", "save_overlays", "upsample"]
+__all__ = ["PoolingMaps", "denormalize", "feature_grid", "overlay", "pooling_maps", "save_overlays", "to_pil", "upsample"]
 
 # Pillow's colorize maps 0 -> first, 0.5 -> middle, 1 -> last: a "hot"-like map, dark where GSP ignores.
 DEFAULT_COLORS = ("black", "red", "yellow")
@@ -144,7 +144,8 @@ def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float
     return (images * std_t + mean_t).clamp(0, 1)
 
 
-def _to_pil(image: Union[torch.Tensor, Image.Image]) -> Image.Image:
+def to_pil(image: Union[torch.Tensor, Image.Image]) -> Image.Image:
+    """An RGB PIL image from a (3, H, W) tensor in [0, 1] (or a PIL image, converted to RGB)."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if image.dim() != 3 or image.shape[0] != 3:
@@ -170,7 +171,7 @@ def overlay(
         scale: the heat drawn as 1; ``None``: the map's maximum (relative, for maps with no
             natural range). GSP's selection and assignments lie in [0, 1]: keep 1 to compare images.
     """
-    base = _to_pil(image)
+    base = to_pil(image)
     if heat.dim() != 2:
         raise ValueError(f"heat must be (h, w), got shape {tuple(heat.shape)}")
     heat = upsample(heat.detach().float().cpu(), (base.height, base.width))
