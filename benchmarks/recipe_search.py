@@ -99,7 +99,7 @@ def write_md(rows) -> None:
     for r in rows:
         lines.append(f"| {r['name']} | `{' '.join(r['flags'])}` | {r['precision_at_1']:.4f} | "
                      f"{r['r_precision']:.4f} | {r['map_at_r']:.4f} | {r['wall_time_s']:.0f} |")
-    lines += ["", f"## Stage 2: mean ± std (population) over seeds {list(STAGE2_SEEDS)}, validation MAP@R / P@1 in %",
+    lines += ["", f"## Stage 2: mean ± std (population) over seeds {list(STAGE2_SEEDS)}, validation P@1 / MAP@R in %",
               "", "| setting | flags | seeds | P@1 | MAP@R |", "|---|---|---|---|---|"]
     by_name = {r["name"]: r for r in rows}
     for name, flags in STAGE2.items():
