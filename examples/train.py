@@ -36,7 +36,7 @@ from tqdm import tqdm
 import timm_gsp
 from timm_gsp.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from timm_gsp.data import (COLLAGE_TRANSFORM_OVERRIDES, MPerClassBatchSampler, build_dataset, build_transforms,
-                           evaluation_splits, resolve_input_config)
+                           carve_validation, evaluation_splits, resolve_input_config)
 from timm_gsp.evaluate import evaluate_retrieval
 from timm_gsp.losses import GSPMetricLoss
 
@@ -204,16 +204,17 @@ def build_data(args, model, env: Distributed):
         extra["skip_corrupt"] = True
     if args.train_fraction is not None:
         extra["train_fraction"] = args.train_fraction
-    split_args = dict(val_fraction=args.val_fraction, val_seed=args.seed) if args.val_fraction else {}
     # Build the cached collage once, on the main process, before the others read it.
-    if env.is_main:
-        train_set = build_dataset(args.dataset, args.data_dir, "train", train_tf, **split_args, **extra)
-    if env.enabled:
+    if env.enabled and not env.is_main:
         dist.barrier()
-    if not env.is_main:
-        train_set = build_dataset(args.dataset, args.data_dir, "train", train_tf, **split_args, **extra)
-    if args.val_fraction:
-        eval_splits = {"val": build_dataset(args.dataset, args.data_dir, "val", eval_tf, **split_args, **extra)}
+    train_set = build_dataset(args.dataset, args.data_dir, "train", train_tf, **extra)
+    if env.enabled and env.is_main:
+        dist.barrier()
+    if args.val_fraction:  # both halves from the one training split read above
+        val_set = carve_validation(train_set, "val", args.val_fraction, args.seed)
+        val_set.transform = eval_tf  # select_classes returned a copy: the train half keeps train_tf
+        train_set = carve_validation(train_set, "train", args.val_fraction, args.seed)
+        eval_splits = {"val": val_set}
     else:
         eval_splits = {s: build_dataset(args.dataset, args.data_dir, s, eval_tf, **extra) for s in evaluation_splits(args.dataset)}
     sampler = MPerClassBatchSampler(train_set.labels, args.m_per_class, args.batch_size,
@@ -244,9 +245,6 @@ def init_prototypes(model, train_set, env: Distributed, seed: int, num_images: i
     images = torch.stack([train_set[i][0] for i in range(0, len(train_set), step)][:num_images])
     torch.set_rng_state(rng)
     timm_gsp.init_prototypes_kcenter(model, images.to(env.device), seed=seed)
-    if env.enabled:
-        for _, pool in timm_gsp.gsp_modules(model):
-            dist.broadcast(pool.prototypes.data, src=0)
 
 
 def build_criterion(args, model, num_classes: int, env: Distributed) -> torch.nn.Module:

@@ -21,9 +21,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .data.images import is_image_file
+
 __all__ = ["main", "build_parser", "collect_images", "read_embeddings", "write_embeddings"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 EMBEDDINGS_KEY = "embeddings"
 EMBEDDINGS_FORMAT = "timm-gsp-embeddings/1"
 # Flags of a timm model name, passed to timm_gsp.create_model (None = create_model's default).
@@ -46,7 +47,7 @@ def collect_images(paths: Sequence[str]) -> List[str]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found += sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            found += sorted(str(p) for p in path.rglob("*") if p.is_file() and is_image_file(p))
         elif path.is_file():
             found.append(str(path))
         else:
@@ -304,13 +305,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    import timm
-
-    from .hub import upload_folder
+    from .hub import upload_folder, verify_folder
 
     if not args.no_verify:
-        # What the Hub will serve must load: check it with the exact loader users will run.
-        timm.create_model(f"local-dir:{args.folder}", pretrained=True)
+        # What the Hub will serve must rebuild from its config.json and hold every tensor it needs.
+        verify_folder(args.folder)
     url = upload_folder(args.folder, args.repo_id, token=args.token, private=args.private, revision=args.revision,
                         create_pr=args.create_pr, commit_message=args.message)
     print(f"uploaded {args.folder} to {args.repo_id}: {url}")

@@ -56,6 +56,7 @@ __all__ = [
     "read_state_dict",
     "save_pretrained",
     "upload_folder",
+    "verify_folder",
 ]
 
 WEIGHTS_NAME = "model.safetensors"
@@ -353,9 +354,11 @@ def _check_folder(folder: Path) -> None:
         raise FileExistsError(f"{folder} holds files that are not part of a published model: {extra}; use an empty folder")
 
 
-def _verify_rebuild(folder: Path) -> None:
+def verify_folder(folder: PathLike) -> None:
     """Rebuild the architecture from the written config.json, as a user's ``local-dir:`` load will,
-    and check that every saved tensor fits it: a config that cannot be reloaded fails here."""
+    and check that every saved tensor fits it (strictly: missing prototypes fail too); a config that
+    cannot be reloaded fails here."""
+    folder = Path(folder)
     try:
         rebuilt = timm.create_model(f"local-dir:{folder}", pretrained=False)
     except Exception as error:
@@ -416,7 +419,7 @@ def save_pretrained(
     card = model_card(model, run, repo_id=repo_id, dataset=dataset, split=split, license=license, config=config)
     (folder / CARD_NAME).write_text(card, encoding="utf-8")
     if verify:
-        _verify_rebuild(folder)
+        verify_folder(folder)
     return folder
 
 

@@ -31,6 +31,7 @@ import timm.models._builder as timm_builder
 import timm.models._factory as timm_factory
 from timm.layers import ClNormMlpClassifierHead, NormMlpClassifierHead, SelectAdaptivePool2d
 from timm.models.beit import Beit
+from timm.models._input import get_model_input_config
 from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
 
@@ -234,11 +235,8 @@ def _unsupported(model_name: str, detail: str) -> GSPUnsupportedModelError:
 
 def model_input_size(model: nn.Module) -> Tuple[int, int, int]:
     """(C, H, W) the model is built for, honouring ``img_size`` given at creation."""
-    try:
-        from timm.models._input import get_model_input_config
-        return tuple(get_model_input_config(model)["input_size"])
-    except (ImportError, KeyError, AttributeError):  # a model not built by timm.create_model
-        return tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
+    # timm falls back to pretrained_cfg, then (3, 224, 224), for models it did not build
+    return tuple(get_model_input_config(model)["input_size"])
 
 
 def size_lazy_pools(model: nn.Module) -> None:
