@@ -35,8 +35,8 @@ from tqdm import tqdm
 
 import timm_gsp
 from timm_gsp.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from timm_gsp.data import (COLLAGE_TRANSFORM_OVERRIDES, MPerClassBatchSampler, build_dataset, build_transforms,
-                           carve_validation, evaluation_splits, resolve_input_config)
+from timm_gsp.data import (Augmentation, MPerClassBatchSampler, build_dataset, build_eval_transform,
+                           build_train_transform, carve_validation, evaluation_splits, resolve_input_config)
 from timm_gsp.evaluate import evaluate_retrieval
 from timm_gsp.losses import GSPMetricLoss
 
@@ -75,6 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--prototype-init", choices=["random", "kcenter"], default="kcenter",
                        help="kcenter: greedy farthest-point init from local features of training images")
     model.add_argument("--drop-path", type=float, default=None)
+    model.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="KEY=VALUE",
+                       help="extra timm.create_model arguments, e.g. output_stride=8")
+    aug = parser.add_argument_group("augmentation and evaluation transform (timm train.py's names and meanings)")
+    aug.add_argument("--scale", type=float, nargs=2, default=[0.08, 1.0], metavar="PCT", help="RandomResizedCrop area range")
+    aug.add_argument("--ratio", type=float, nargs=2, default=[3 / 4, 4 / 3], metavar="RATIO", help="RandomResizedCrop aspect range")
+    aug.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability")
+    aug.add_argument("--vflip", type=float, default=0.0, help="vertical flip probability")
+    aug.add_argument("--color-jitter", type=float, default=0.4, metavar="PCT", help="colour jitter strength (0: none)")
+    aug.add_argument("--aa", default=None, metavar="NAME", help="AutoAugment / RandAugment policy, e.g. rand-m9-mstd0.5")
+    aug.add_argument("--reprob", type=float, default=0.0, metavar="PCT", help="random erasing probability")
+    aug.add_argument("--crop-pct", type=float, default=None, help="evaluation centre-crop share (default: the model's)")
+    aug.add_argument("--interpolation", default=None, help="resize interpolation, train and eval (default: the model's)")
     loss = parser.add_argument_group("loss")
     loss.add_argument("--loss", choices=sorted(METRIC_LOSSES), default="multisimilarity")
     loss.add_argument("--zsr-weight", type=float, default=0.1, help="weight of the zero-shot regulariser (GSP only)")
@@ -104,6 +116,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help="end this process after that epoch, checkpoint kept (time-boxed jobs, tests)")
     run.add_argument("--no-progress", action="store_true")
     return parser
+
+
+class ParseKwargs(argparse.Action):
+    """``KEY=VALUE ...`` -> dict, values read as Python literals when they are (timm train.py's --model-kwargs)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import ast
+        kwargs = {}
+        for item in values:
+            key, sep, value = item.partition("=")
+            if not sep:
+                parser.error(f"{option_string} expects KEY=VALUE items, got {item!r}")
+            try:
+                kwargs[key] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                kwargs[key] = value
+        setattr(namespace, self.dest, kwargs)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -192,13 +221,12 @@ def seed_everything(seed: int) -> None:
 def build_data(args, model, env: Distributed):
     """Train loader (m-per-class batches, sharded over ranks), the evaluation split(s) and their
     data config (input size, mean, std, crop: what an exported model must publish)."""
-    is_collage = args.dataset == "collage"
-    input_size = args.img_size or (64 if is_collage else None)
-    train_tf = build_transforms(model, True, input_size=input_size, **(COLLAGE_TRANSFORM_OVERRIDES["train"] if is_collage else {}))
-    eval_overrides = COLLAGE_TRANSFORM_OVERRIDES["eval"] if is_collage else {}
-    eval_tf = build_transforms(model, False, input_size=input_size, **eval_overrides)
-    # The preprocessing the metrics were measured with: what an exported model must publish.
-    eval_data_config = {**resolve_input_config(model, input_size), **eval_overrides}
+    # The preprocessing the metrics are measured with: what an exported model must publish.
+    eval_data_config = resolve_input_config(model, args.img_size, crop_pct=args.crop_pct, interpolation=args.interpolation)
+    augmentation = Augmentation(scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip,
+                                color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob)
+    train_tf = build_train_transform(eval_data_config, augmentation)
+    eval_tf = build_eval_transform(eval_data_config)
     extra: Dict[str, Any] = {}
     if args.skip_corrupt:
         extra["skip_corrupt"] = True
@@ -226,7 +254,7 @@ def build_data(args, model, env: Distributed):
 
 
 def build_model(args, env: Distributed) -> torch.nn.Module:
-    kwargs: Dict[str, Any] = {}
+    kwargs: Dict[str, Any] = dict(args.model_kwargs)
     if args.drop_path is not None:
         kwargs["drop_path_rate"] = args.drop_path
     pool = {"gap": "avg", "max": "max", "gsp": "gsp"}[args.pool]

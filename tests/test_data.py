@@ -16,7 +16,7 @@ from fixtures_data import (
     make_sop_tree, truncate_image,
 )
 from timm_gsp.data import (
-    COLLAGE_TRANSFORM_OVERRIDES, CollageConfig, CollageDataset, CorruptImageError, DatasetLayoutError,
+    Augmentation, CollageConfig, CollageDataset, CorruptImageError, DatasetLayoutError,
     MPerClassBatchSampler, build_dataset, build_transforms, ensure_collage, evaluation_splits,
     generate_collage, split_classes,
 )
@@ -422,8 +422,8 @@ def test_sampler_with_dataloader(tmp_path):
 def test_transforms_from_model_and_dict():
     import timm
     model = timm.create_model("resnet18", pretrained=False, num_classes=0)
-    train_tf = build_transforms(model, True, input_size=64, **COLLAGE_TRANSFORM_OVERRIDES["train"])
-    eval_tf = build_transforms(model, False, input_size=64, **COLLAGE_TRANSFORM_OVERRIDES["eval"])
+    train_tf = build_transforms(model, True, input_size=64, augmentation=Augmentation(scale=(0.8, 1.0), color_jitter=0))
+    eval_tf = build_transforms(model, False, input_size=64, crop_pct=1.0)
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     assert train_tf(img).shape == (3, 64, 64)
     x = eval_tf(img)

@@ -46,8 +46,7 @@ def test_gap_baseline_through_the_same_factory():
 
 def test_wrapped_model_rebuilds_from_its_recorded_args():
     model = timm_gsp.create_model("xcit_nano_12_p16_224", embed_dim=8, num_prototypes=4, img_size=64).eval()
-    args = dict(model._model_args, num_classes=model.num_classes, global_pool=model.global_pool)
-    rebuilt = timm.create_model("gsp_retrieval", **args).eval()
+    rebuilt = timm.create_model("gsp_retrieval", **model.reconstruction_args()).eval()
     rebuilt.load_state_dict(model.state_dict())
     x = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(rebuilt(x), model(x))

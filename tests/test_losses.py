@@ -20,7 +20,7 @@ LABELS = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
 
 # ----------------------------------------------------------------------------------------------- oracle
 def numpy_zero_shot_loss(attributes, labels, class_embeddings, ridge_lambda=0.05, scale=9.5):
-    """GSP_METHOD section 5 written out in float64 numpy with an explicit inverse."""
+    """The ZSR formula of docs/method.md written out in float64 numpy with an explicit inverse."""
     x = np.asarray(attributes, dtype=np.float64)
     e = np.asarray(class_embeddings, dtype=np.float64)
     y = np.asarray(labels)

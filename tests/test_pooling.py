@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from timm_gsp import GeneralizedSumPool, allow_missing_prototypes, capture_transport, gsp_transport, prototype_costs
+from timm_gsp import GeneralizedSumPool, capture_transport, gsp_transport, prototype_costs
 
 
 def make_pool(**kwargs):
@@ -117,12 +117,13 @@ def test_lazy_pool_sizes_itself_and_loads_state():
     torch.testing.assert_close(restored.prototypes, lazy.prototypes)
 
 
-def test_missing_prototypes_only_allowed_in_context():
+def test_checkpoint_without_prototypes_keeps_them_and_shapes_are_checked():
     pool = make_pool()
-    with pytest.raises(RuntimeError, match="prototypes"):
-        pool.load_state_dict({})
-    with allow_missing_prototypes():
-        pool.load_state_dict({})
+    before = pool.prototypes.detach().clone()
+    pool.load_state_dict({})  # e.g. an ImageNet backbone checkpoint: the prototypes are new parameters
+    torch.testing.assert_close(pool.prototypes, before)
+    with pytest.raises(RuntimeError, match="Unexpected key.*transport.extra"):
+        pool.load_state_dict({"transport.extra": torch.zeros(1)})  # everything else stays strict
     with pytest.raises(RuntimeError, match="size mismatch"):
         pool.load_state_dict({"prototypes": torch.zeros(5, 16)})
 
@@ -144,7 +145,7 @@ def test_invalid_hyper_parameters(kwargs, match):
 
 def test_bad_inputs_name_the_shape():
     pool = make_pool()
-    with pytest.raises(ValueError, match=r"4-d tensor, got shape \(2, 16, 9\)"):
+    with pytest.raises(ValueError, match=r"4-d tensor, got shape \[2, 16, 9\]"):
         pool(torch.randn(2, 16, 9))
     with pytest.raises(ValueError, match="prototypes for 16 channels"):
         pool(torch.randn(2, 8, 3, 3))

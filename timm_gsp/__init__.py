@@ -2,31 +2,71 @@
 
 ``import timm_gsp`` registers ``global_pool="gsp"`` (or ``"gsp:num_prototypes=..,transport_ratio=..,
 gamma=.."``) with timm; the call is idempotent.
+
+The core (the layer, its solver, the timm seam, the factory, the loss, the model description) loads
+with the package; the metric and the tools (``hub``, ``cli``, ``export``, ``viz``, ``search``,
+``evaluate``, ``checkpoint``, ``data``) load when first used.
 """
-from .pooling import GeneralizedSumPool, GSPTransport, allow_missing_prototypes, capture_transport, gsp_modules
-from .spec import format_gsp_spec, parse_gsp_spec
-from .timm_plugin import GSPUnsupportedModelError, register
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .errors import (CheckpointMismatchError, ConfigError, CorruptImageError, DatasetLayoutError,
+                     GSPUnsupportedModelError, HubUnavailableError, OutputExistsError, TimmGSPError)
+from .pooling import GeneralizedSumPool, GSPTransport, capture_transport, gsp_modules
+from .spec import GSP_DEFAULTS, format_gsp_spec, parse_gsp_spec
+from .timm_plugin import register
 from .transport import TransportPlan, gsp_transport, prototype_costs
 
 register()
 
 from .factory import GSPRetrievalNet, convert, create_model, init_prototypes_kcenter  # noqa: E402 (needs the hooks)
-from .hub import push_to_hub, save_pretrained  # noqa: E402
 from .losses import GSPMetricLoss, ZeroShotLoss  # noqa: E402
-from .metrics import RetrievalMetrics  # noqa: E402
+from .model_config import RetrievalModelConfig  # noqa: E402
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+# name -> module: loaded on first access (torchmetrics and the Hub client cost a second to import).
+_LAZY = {
+    "RetrievalMetrics": "metrics",
+    "retrieval_metrics": "metrics",
+    "save_pretrained": "hub",
+    "push_to_hub": "hub",
+    "load_model": "hub",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
-    "GeneralizedSumPool",
-    "GSPTransport",
+    "CheckpointMismatchError",
+    "ConfigError",
+    "CorruptImageError",
+    "DatasetLayoutError",
+    "GSP_DEFAULTS",
     "GSPMetricLoss",
     "GSPRetrievalNet",
+    "GSPTransport",
     "GSPUnsupportedModelError",
+    "GeneralizedSumPool",
+    "HubUnavailableError",
+    "OutputExistsError",
     "RetrievalMetrics",
+    "RetrievalModelConfig",
+    "TimmGSPError",
     "TransportPlan",
     "ZeroShotLoss",
-    "allow_missing_prototypes",
     "capture_transport",
     "convert",
     "create_model",
@@ -34,9 +74,11 @@ __all__ = [
     "gsp_modules",
     "gsp_transport",
     "init_prototypes_kcenter",
+    "load_model",
     "parse_gsp_spec",
     "prototype_costs",
     "push_to_hub",
     "register",
+    "retrieval_metrics",
     "save_pretrained",
 ]

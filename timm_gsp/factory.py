@@ -11,7 +11,8 @@ Two routes, one result (a timm model whose ``forward`` gives ``(B, embed_dim)`` 
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple, Union
+import copy
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -19,24 +20,34 @@ import torch.nn as nn
 import timm
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from .errors import ConfigError, GSPUnsupportedModelError
 from .pooling import GeneralizedSumPool, gsp_modules
-from .spec import format_gsp_spec, is_gsp_spec, parse_gsp_spec
-from .timm_plugin import GSPUnsupportedModelError, model_input_size
+from .spec import GSP_DEFAULTS, format_gsp_spec, is_gsp_spec, parse_gsp_spec
+from .timm_plugin import model_input_size, size_lazy_pools
+from .utils import dry_forward, eval_mode
 
-__all__ = ["create_model", "convert", "GSPRetrievalNet", "init_prototypes_kcenter", "pool_spec"]
+__all__ = ["create_model", "convert", "GSPRetrievalNet", "init_prototypes_kcenter", "pool_spec", "BASELINE_POOLS"]
+
+BASELINE_POOLS = ("avg", "max")  # the timm pools a retrieval model may use instead of GSP
 
 
 def pool_spec(
         pool: str = "gsp",
-        num_prototypes: int = 64,
-        transport_ratio: float = 0.3,
-        gamma: float = 5.0,
+        num_prototypes: int = GSP_DEFAULTS["num_prototypes"],
+        transport_ratio: float = GSP_DEFAULTS["transport_ratio"],
+        gamma: float = GSP_DEFAULTS["gamma"],
 ) -> str:
-    """The timm ``global_pool`` string: GSP with these hyper-parameters, or any timm pool as is."""
-    if pool.lower() in ("gsp", "gsp:"):
+    """The ``global_pool`` string of a retrieval head: ``"gsp"`` with these hyper-parameters (the
+    canonical ``gsp:...`` string), a full ``gsp:...`` spec (validated, kept), or a baseline pool."""
+    if not isinstance(pool, str):
+        raise ConfigError(f"pool must be a string ('gsp', 'gsp:...', 'avg' or 'max'), got {pool!r}")
+    if pool.strip().lower() in ("gsp", "gsp:"):
         return format_gsp_spec(num_prototypes, transport_ratio, gamma)
     if is_gsp_spec(pool):
         parse_gsp_spec(pool)
+        return pool
+    if pool not in BASELINE_POOLS:
+        raise ConfigError(f"pool must be 'gsp', 'gsp:...' or one of {BASELINE_POOLS}, got {pool!r}")
     return pool
 
 
@@ -47,31 +58,35 @@ def _fresh_embedding(model: nn.Module) -> None:
         classifier.reset_parameters()
 
 
+def _check_embed_dim(embed_dim: int) -> None:
+    if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 0:
+        raise ConfigError(f"embed_dim must be an integer >= 0, got {embed_dim!r}")
+
+
 def create_model(
         model_name: str,
         pretrained: bool = False,
         embed_dim: int = 512,
         pool: str = "gsp",
-        num_prototypes: int = 64,
-        transport_ratio: float = 0.3,
-        gamma: float = 5.0,
+        num_prototypes: int = GSP_DEFAULTS["num_prototypes"],
+        transport_ratio: float = GSP_DEFAULTS["transport_ratio"],
+        gamma: float = GSP_DEFAULTS["gamma"],
         **kwargs: Any,
 ) -> nn.Module:
     """A timm model with GSP (or another pool, for baselines) and an embedding layer.
 
     Args:
-        model_name: any timm model name (or ``hf-hub:`` / ``local-dir:`` source).
+        model_name: any timm model name.
         pretrained: load the backbone's pretrained weights (the head is new).
         embed_dim: output size; 0 returns the pooled features (B, num_features).
-        pool: 'gsp', a full 'gsp:...' spec, or a timm pool ('avg', 'max', ...).
+        pool: 'gsp', a full 'gsp:...' spec, or a baseline pool ('avg', 'max').
         num_prototypes, transport_ratio, gamma: GSP hyper-parameters (when ``pool='gsp'``).
-        **kwargs: passed to ``timm.create_model`` (drop_path_rate, img_size, ...).
+        **kwargs: passed to ``timm.create_model`` (drop_path_rate, img_size, output_stride, ...).
 
     Returns:
         model with ``forward(images (B, 3, H, W)) -> (B, embed_dim)``.
     """
-    if embed_dim < 0:
-        raise ValueError(f"embed_dim must be >= 0, got {embed_dim}")
+    _check_embed_dim(embed_dim)
     global_pool = pool_spec(pool, num_prototypes, transport_ratio, gamma)
     try:
         model = timm.create_model(model_name, pretrained=pretrained, num_classes=embed_dim, global_pool=global_pool, **kwargs)
@@ -85,23 +100,45 @@ def convert(
         model: nn.Module,
         embed_dim: int = 512,
         pool: str = "gsp",
-        num_prototypes: int = 64,
-        transport_ratio: float = 0.3,
-        gamma: float = 5.0,
+        num_prototypes: int = GSP_DEFAULTS["num_prototypes"],
+        transport_ratio: float = GSP_DEFAULTS["transport_ratio"],
+        gamma: float = GSP_DEFAULTS["gamma"],
+        *,
+        inplace: bool = False,
+        img_size: Any = None,
 ) -> nn.Module:
-    """Rebuild the head of an already built timm model (e.g. with pretrained weights) in place
-    where its family allows it, else wrap it; returns the retrieval model."""
-    if embed_dim < 0:
-        raise ValueError(f"embed_dim must be >= 0, got {embed_dim}")
+    """A retrieval model (pool + embedding head) made from an already built timm model, e.g. one with
+    pretrained weights; the backbone keeps its weights, the head is new.
+
+    One rule for both routes: with ``inplace=False`` (default) ``model`` is left untouched and a
+    converted copy is returned; with ``inplace=True`` ``model`` itself is changed (its head rebuilt,
+    or, for families that need the wrapper, its classifier removed and the model returned inside a
+    ``GSPRetrievalNet``). A model that already has a GSP pool is refused: its trained prototypes and
+    head would be replaced.
+
+    Args:
+        img_size: the input size the model was built for, when it differs from its pretrained_cfg
+            (needed to size pools by one dry forward).
+    """
+    _check_embed_dim(embed_dim)
     global_pool = pool_spec(pool, num_prototypes, transport_ratio, gamma)
     if not hasattr(model, "reset_classifier") or not hasattr(model, "forward_features"):
         raise TypeError(f"convert expects a timm model, got {type(model).__name__}")
+    if gsp_modules(model) or isinstance(model, GSPRetrievalNet):
+        raise ConfigError(
+            f"{type(model).__name__} is already a retrieval model with a GSP or embedding head; converting it "
+            "again would replace its trained prototypes and head. Use it as it is, or convert the original backbone"
+        )
+    if not inplace:
+        model = copy.deepcopy(model)
     try:
         model.reset_classifier(embed_dim, global_pool)
         if is_gsp_spec(global_pool) and not gsp_modules(model):
             raise GSPUnsupportedModelError(f"{type(model).__name__}.reset_classifier ignores global_pool")
     except (GSPUnsupportedModelError, AssertionError, TypeError, ValueError):
-        return GSPRetrievalNet(backbone=model, num_classes=embed_dim, global_pool=global_pool)
+        # This family's head cannot take the pool: the wrapper pools forward_features instead.
+        return GSPRetrievalNet(backbone=model, num_classes=embed_dim, global_pool=global_pool, img_size=img_size)
+    size_lazy_pools(model, img_size)
     _fresh_embedding(model)
     return model
 
@@ -115,34 +152,32 @@ def init_prototypes_kcenter(model: nn.Module, images: torch.Tensor, seed: Option
     """
     pools = gsp_modules(model)
     if not pools:
-        raise ValueError(f"{type(model).__name__} has no GSP pool to initialise")
+        raise ConfigError(f"{type(model).__name__} has no GSP pool to initialise")
     inputs = {}
     handles = [pool.register_forward_pre_hook(lambda m, args: inputs.__setitem__(m, args[0])) for _, pool in pools]
-    was_training = model.training
-    model.eval()
     try:
-        model(images)
+        with eval_mode(model):
+            model(images)
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     for _, pool in pools:
         pool.init_prototypes_kcenter(inputs[pool], seed=seed)
 
 
-def _feature_layout(features: Any, num_features: int) -> Tuple[str, int]:
-    """Guess the layout of a ``forward_features`` output: (input_fmt, num_prefix_tokens)."""
+def _feature_layout(features: Any, num_features: int) -> str:
+    """The layout of a ``forward_features`` output: 'NCHW', 'NHWC' or 'NLC'."""
     if not isinstance(features, torch.Tensor):
         raise GSPUnsupportedModelError(
             f"forward_features returns a {type(features).__name__}, not one feature tensor GSP could pool"
         )
     if features.dim() == 4:
         if features.shape[1] == num_features:
-            return "NCHW", 0
+            return "NCHW"
         if features.shape[-1] == num_features:
-            return "NHWC", 0
+            return "NHWC"
     elif features.dim() == 3 and features.shape[-1] == num_features:
-        return "NLC", -1  # prefix count comes from the model
+        return "NLC"
     raise GSPUnsupportedModelError(
         f"cannot place GSP on forward_features output of shape {tuple(features.shape)} "
         f"with num_features={num_features}"
@@ -150,10 +185,11 @@ def _feature_layout(features: Any, num_features: int) -> Tuple[str, int]:
 
 
 class GSPRetrievalNet(nn.Module):
-    """Any timm backbone + GSP (or a plain pool) on ``forward_features`` + embedding.
+    """Any timm backbone + GSP (or a baseline pool) on ``forward_features`` + embedding.
 
     ``forward_features``: (B, 3, H, W) -> the backbone's local features (NCHW / NHWC / NLC);
     ``forward_head``: -> (B, num_classes) embeddings (or (B, C) pooled with ``pre_logits=True``).
+    ``reconstruction_args()`` are the ``model_args`` that rebuild it through timm (``gsp_retrieval``).
     """
 
     def __init__(
@@ -167,7 +203,7 @@ class GSPRetrievalNet(nn.Module):
             img_size: Optional[Any] = None,
     ):
         super().__init__()
-        backbone_args = dict(backbone_args or {})
+        backbone_args = {k: v for k, v in dict(backbone_args or {}).items() if k != "pretrained_cfg_overlay"}
         if isinstance(backbone, str):
             # timm passes these back when it rebuilds a saved model (they are in its model_args)
             if in_chans != 3:
@@ -178,40 +214,32 @@ class GSPRetrievalNet(nn.Module):
         else:
             backbone.reset_classifier(0)  # its classifier would be an unused parameter (DDP objects)
         self.backbone = backbone
+        self.backbone_name = backbone.pretrained_cfg["architecture"]
+        self.backbone_args = backbone_args
         self.num_features = backbone.num_features
         self.num_prefix_tokens = getattr(backbone, "num_prefix_tokens", 0)
-        # Serve the backbone's input config; timm's saved config.json rebuilds from _model_args.
+        input_size = model_input_size(backbone, backbone_args.get("img_size", img_size), backbone_args.get("in_chans"))
+        # Serve the backbone's input config at the size it is built for.
         self.pretrained_cfg = dict(getattr(backbone, "pretrained_cfg", {}), architecture="gsp_retrieval",
-                                   input_size=model_input_size(backbone))
-        self.input_fmt = self._probe_layout()
+                                   input_size=input_size)
+        features = dry_forward(backbone, input_size, backbone.forward_features)
+        self.input_fmt = _feature_layout(features, self.num_features)
         self.global_pool = None
         self.reset_classifier(num_classes, pool_spec(global_pool))
-        self._model_args = {
-            "backbone": backbone.pretrained_cfg["architecture"],
-            "backbone_args": {k: v for k, v in backbone_args.items() if k not in ("pretrained_cfg_overlay",)},
-        }
 
-    def _probe_layout(self) -> str:
-        reference = next(self.backbone.parameters())
-        input_size = model_input_size(self.backbone)
-        was_training = self.backbone.training
-        self.backbone.eval()
-        try:
-            with torch.no_grad():
-                features = self.backbone.forward_features(
-                    torch.zeros(1, *input_size, device=reference.device, dtype=reference.dtype))
-        finally:
-            self.backbone.train(was_training)
-        input_fmt, _ = _feature_layout(features, self.num_features)
-        return input_fmt
+    def reconstruction_args(self) -> Dict[str, Any]:
+        """``timm.create_model("gsp_retrieval", **args)`` rebuilds this architecture."""
+        return {"backbone": self.backbone_name, "backbone_args": dict(self.backbone_args),
+                "num_classes": self.num_classes, "global_pool": self.global_pool}
 
     def _build_pool(self, pool_type: str) -> nn.Module:
+        prefix = self.num_prefix_tokens if self.input_fmt == "NLC" else 0
         if is_gsp_spec(pool_type):
-            prefix = self.num_prefix_tokens if self.input_fmt == "NLC" else 0
-            return GeneralizedSumPool(self.num_features, **parse_gsp_spec(pool_type), input_fmt=self.input_fmt, num_prefix_tokens=prefix)
-        if pool_type in ("avg", "max"):
-            return _ReducePool(pool_type, self.input_fmt, self.num_prefix_tokens if self.input_fmt == "NLC" else 0)
-        raise ValueError(f"GSPRetrievalNet supports GSP, 'avg' and 'max' pools, got {pool_type!r}")
+            return GeneralizedSumPool(self.num_features, **parse_gsp_spec(pool_type), input_fmt=self.input_fmt,
+                                      num_prefix_tokens=prefix)
+        if pool_type in BASELINE_POOLS:
+            return _ReducePool(pool_type, self.input_fmt, prefix)
+        raise ConfigError(f"GSPRetrievalNet supports GSP and {BASELINE_POOLS} pools, got {pool_type!r}")
 
     def get_classifier(self) -> nn.Module:
         return self.head
@@ -243,11 +271,11 @@ class _ReducePool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_fmt == "NCHW":
-            dims: Tuple[int, ...] = (2, 3)
+            dims: List[int] = [2, 3]
         elif self.input_fmt == "NHWC":
-            dims = (1, 2)
+            dims = [1, 2]
         else:
-            x, dims = x[:, self.num_prefix_tokens:], (1,)
+            x, dims = x[:, self.num_prefix_tokens:], [1]
         return x.mean(dims) if self.mode == "avg" else x.amax(dims)
 
 

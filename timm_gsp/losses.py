@@ -1,6 +1,6 @@
 """Zero-shot regularisation (ZSR) of GSP, and a wrapper adding it to any metric-learning loss.
 
-Gurbuz, Sener, Alatan, "Generalized Sum Pooling for Metric Learning", ICCV 2023 (GSP_METHOD.md, section 5).
+Gurbuz, Sener, Alatan, "Generalized Sum Pooling for Metric Learning", ICCV 2023 (docs/method.md, "Zero-shot regularisation").
 
 GSP's attribute vectors ``a`` (B, K) (the share of transported mass each prototype received) should
 behave like semantic attributes: a linear map fitted on one half of the batch must predict the
@@ -66,14 +66,15 @@ def _check_batch(attributes: torch.Tensor, labels: torch.Tensor, num_classes: in
         raise ValueError(f"zero-shot loss needs a batch of at least 2 samples (two halves), got {attributes.shape[0]}")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
-    low, high = int(labels.min()), int(labels.max())
+    even, odd = labels[0::2], labels[1::2]
+    # one host read (one device sync) for the three checks
+    low, high, shared = torch.stack([labels.min(), labels.max(), torch.isin(odd, even).any().to(labels.dtype)]).tolist()
     if low < 0 or high >= num_classes:
         raise ValueError(
             f"labels must be class indices in [0, {num_classes}), got values in [{low}, {high}]; "
             f"remap the training classes to 0..num_classes-1"
         )
-    even, odd = labels[0::2], labels[1::2]
-    if not bool(torch.isin(odd, even).any()):
+    if not shared:
         raise ValueError(
             "the two halves of the batch (even positions: classes "
             f"{_preview(even)}, odd positions: classes {_preview(odd)}) share no class, so neither half "
@@ -95,7 +96,7 @@ def zero_shot_loss(
         ridge_lambda: float = DEFAULT_RIDGE_LAMBDA,
         scale: float = DEFAULT_SCALE,
 ) -> torch.Tensor:
-    """Zero-shot regularisation loss of GSP_METHOD section 5, as a function.
+    """Zero-shot regularisation loss (docs/method.md), as a function.
 
     The batch is split into half A (even positions) and half B (odd positions). A ridge regression
     fitted on A maps A's attributes to A's class embeddings and predicts B's, and symmetrically
@@ -143,7 +144,7 @@ def zero_shot_loss(
 
 
 class ZeroShotLoss(nn.Module):
-    """Zero-shot regularisation (ZSR) loss with learnable class embeddings (GSP_METHOD section 5).
+    """Zero-shot regularisation (ZSR) loss with learnable class embeddings (docs/method.md).
 
     ``forward(attributes (B, K), labels (B,)) -> scalar``; see ``zero_shot_loss`` for the split into
     halves, the ridge regression and how the two directions are averaged.

@@ -32,7 +32,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import rank_zero_warn
 from torchmetrics.utilities.data import dim_zero_cat
 
-__all__ = ["RetrievalMetrics"]
+__all__ = ["RetrievalMetrics", "retrieval_metrics"]
 
 _DISTANCES = ("cosine", "euclidean")
 _PROTOCOLS = ("same_set", "query_gallery")
@@ -149,46 +149,83 @@ class RetrievalMetrics(Metric):
         """Return ``{"precision_at_1", "recall_at_{k}" for each k, "r_precision", "map_at_r"}``."""
         if isinstance(self.embeddings, list) and len(self.embeddings) == 0:
             raise ValueError("RetrievalMetrics.compute() called before any update()")
-        emb = dim_zero_cat(self.embeddings)
-        labels = dim_zero_cat(self.labels)
-        if emb.shape[0] == 0:
-            raise ValueError("RetrievalMetrics.compute() called with no samples")
-        if not torch.isfinite(emb).all():
-            raise ValueError("embeddings contain NaN or Inf")
+        is_query = dim_zero_cat(self.is_query) if self.protocol == "query_gallery" else None
+        return retrieval_metrics(dim_zero_cat(self.embeddings), dim_zero_cat(self.labels), is_query=is_query,
+                                 k_values=self.k_values, distance=self.distance, chunk_size=self.chunk_size)
 
-        if self.protocol == "same_set":
-            query, query_labels, gallery, gallery_labels = emb, labels, emb, labels
-        else:
-            is_query = dim_zero_cat(self.is_query)
-            query, query_labels = emb[is_query], labels[is_query]
-            gallery, gallery_labels = emb[~is_query], labels[~is_query]
-            if query.shape[0] == 0 or gallery.shape[0] == 0:
-                raise ValueError(
-                    f"query_gallery protocol needs queries and gallery items, got {query.shape[0]} "
-                    f"queries and {gallery.shape[0]} gallery items"
-                )
-        same_set = self.protocol == "same_set"
 
-        # R = number of same-label gallery items per query, minus the query itself in same-set.
-        uniq, counts = torch.unique(gallery_labels, return_counts=True)
-        pos = torch.searchsorted(uniq, query_labels).clamp_(max=len(uniq) - 1)
-        r = torch.where(uniq[pos] == query_labels, counts[pos], 0) - int(same_set)
-        valid = r > 0  # lone queries are dropped, as in AccuracyCalculator
-        if not valid.any():
-            rank_zero_warn("RetrievalMetrics: no query has a same-label gallery item; returning NaN.")
-            return {key: float("nan") for key in self._keys()}
 
-        num_candidates = gallery.shape[0] - int(same_set)
-        # Enough neighbours for both Recall@max(K) and the largest R (MAP@R, R-precision).
-        k = min(max(max(self.k_values), int(r.max())), num_candidates)
-        if same_set:  # every item is a candidate for every other, so all rows are computed
-            knn = _knn_same_set(emb, k, self.distance, self.chunk_size)[valid]
-        else:
-            knn = _knn(query[valid], gallery, k, self.distance, self.chunk_size)
-        return _metrics_from_knn(gallery_labels[knn], query_labels[valid], r[valid], self.k_values)
+def _keys(k_values: Sequence[int]) -> List[str]:
+    return ["precision_at_1", *(f"recall_at_{k}" for k in k_values), "r_precision", "map_at_r"]
 
-    def _keys(self) -> List[str]:
-        return ["precision_at_1", *(f"recall_at_{k}" for k in self.k_values), "r_precision", "map_at_r"]
+
+def retrieval_metrics(
+    embeddings: Tensor,
+    labels: Tensor,
+    is_query: Optional[Tensor] = None,
+    k_values: Sequence[int] = (1, 2, 4, 8),
+    distance: Literal["cosine", "euclidean"] = "cosine",
+    chunk_size: int = 1024,
+) -> Dict[str, float]:
+    """The functional twin of :class:`RetrievalMetrics`: the same metrics of one set of embeddings.
+
+    Args:
+        embeddings: (N, D) floating point.
+        labels: (N,) integer class ids.
+        is_query: None for the same-set protocol (every sample queries all the others), or (N,) bool
+            marking queries (True) and gallery items (False) for the query/gallery protocol.
+        k_values, distance, chunk_size: as for :class:`RetrievalMetrics`.
+
+    Returns:
+        ``{"precision_at_1", "recall_at_{k}" for each k, "r_precision", "map_at_r"}`` as floats; NaN
+        (with a warning) when no query has a same-label gallery item.
+    """
+    k_values = tuple(sorted(set(k_values)))
+    if not k_values or not all(isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in k_values):
+        raise ValueError(f"k_values must be a non-empty sequence of positive ints, got {k_values!r}")
+    if distance not in _DISTANCES:
+        raise ValueError(f"Unknown distance {distance!r}; expected one of {_DISTANCES}")
+    if embeddings.ndim != 2 or not embeddings.is_floating_point():
+        raise ValueError(f"embeddings must be a 2-D floating point (N, D) tensor, got {embeddings.dtype} {tuple(embeddings.shape)}")
+    if labels.shape != embeddings.shape[:1]:
+        raise ValueError(f"labels must be (N,) with N={embeddings.shape[0]}, got shape {tuple(labels.shape)}")
+    emb = embeddings.detach().to(torch.float64 if embeddings.dtype == torch.float64 else torch.float32)
+    labels = labels.detach().long()
+    if emb.shape[0] == 0:
+        raise ValueError("retrieval metrics of an empty set of embeddings")
+    if not torch.isfinite(emb).all():
+        raise ValueError("embeddings contain NaN or Inf")
+    same_set = is_query is None
+    if same_set:
+        query, query_labels, gallery, gallery_labels = emb, labels, emb, labels
+    else:
+        if is_query.shape != labels.shape or is_query.dtype != torch.bool:
+            raise ValueError(f"is_query must be a (N,) bool tensor with N={labels.shape[0]}")
+        query, query_labels = emb[is_query], labels[is_query]
+        gallery, gallery_labels = emb[~is_query], labels[~is_query]
+        if query.shape[0] == 0 or gallery.shape[0] == 0:
+            raise ValueError(
+                f"query_gallery protocol needs queries and gallery items, got {query.shape[0]} "
+                f"queries and {gallery.shape[0]} gallery items"
+            )
+
+    # R = number of same-label gallery items per query, minus the query itself in same-set.
+    uniq, counts = torch.unique(gallery_labels, return_counts=True)
+    pos = torch.searchsorted(uniq, query_labels).clamp_(max=len(uniq) - 1)
+    r = torch.where(uniq[pos] == query_labels, counts[pos], 0) - int(same_set)
+    valid = r > 0  # lone queries are dropped, as in AccuracyCalculator
+    if not valid.any():
+        rank_zero_warn("RetrievalMetrics: no query has a same-label gallery item; returning NaN.")
+        return {key: float("nan") for key in _keys(k_values)}
+
+    num_candidates = gallery.shape[0] - int(same_set)
+    # Enough neighbours for both Recall@max(K) and the largest R (MAP@R, R-precision).
+    k = min(max(max(k_values), int(r.max())), num_candidates)
+    if same_set:  # every item is a candidate for every other, so all rows are computed
+        knn = _knn_same_set(emb, k, distance, chunk_size)[valid]
+    else:
+        knn = _knn(query[valid], gallery, k, distance, chunk_size)
+    return _metrics_from_knn(gallery_labels[knn], query_labels[valid], r[valid], k_values)
 
 
 def _metrics_from_knn(

@@ -10,25 +10,22 @@ Reading the weights: the sub-module ``GeneralizedSumPool.transport`` returns a
 ``TransportPlan(weights (B, N), attributes (B, K))``; a forward hook on it (or the
 ``capture_transport`` context manager) sees the plan of every forward, which is how the zero-shot
 loss and the heat maps get it without changing the pooled output.
+
+Loading weights: a checkpoint without this pool's prototypes (an ImageNet backbone, a GAP model)
+loads strictly into a GSP model otherwise, and the prototypes keep their initialisation; prototypes
+of another shape fail. Loaders of trained GSP models (``timm_gsp.hub``) also require the prototypes.
 """
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-from .transport import (
-    TransportPlan,
-    check_transport_args,
-    dense_layout,
-    gsp_transport,
-    prototype_costs,
-    weighted_sum,
-)
+from .spec import GSP_DEFAULTS, check_gsp_args
+from .transport import TransportPlan, dense_layout, gsp_transport, prototype_costs, weighted_sum
 
 __all__ = [
     "GeneralizedSumPool",
@@ -36,25 +33,10 @@ __all__ = [
     "CapturedPlan",
     "capture_transport",
     "gsp_modules",
-    "allow_missing_prototypes",
 ]
 
 INPUT_FORMATS = ("NCHW", "NHWC", "NLC")
-_missing_prototypes_allowed = contextvars.ContextVar("timm_gsp_missing_prototypes_allowed", default=False)
-
-
-@contextlib.contextmanager
-def allow_missing_prototypes() -> Iterator[None]:
-    """Inside, a strict ``load_state_dict`` accepts checkpoints without GSP prototypes.
-
-    For loading a backbone (e.g. ImageNet) checkpoint into a GSP model: every other key is still
-    checked, and the prototypes keep their initialisation.
-    """
-    token = _missing_prototypes_allowed.set(True)
-    try:
-        yield
-    finally:
-        _missing_prototypes_allowed.reset(token)
+PROTOTYPES = "prototypes"
 
 
 class GSPTransport(nn.Module):
@@ -63,9 +45,9 @@ class GSPTransport(nn.Module):
     ``forward(costs (B, K, N)) -> TransportPlan(weights (B, N), attributes (B, K))``.
     """
 
-    def __init__(self, transport_ratio: float = 0.3, gamma: float = 5.0):
+    def __init__(self, transport_ratio: float = GSP_DEFAULTS["transport_ratio"], gamma: float = GSP_DEFAULTS["gamma"]):
         super().__init__()
-        check_transport_args(transport_ratio, gamma)
+        check_gsp_args(transport_ratio=transport_ratio, gamma=gamma)
         self.transport_ratio = float(transport_ratio)
         self.gamma = float(gamma)
 
@@ -96,12 +78,15 @@ class GeneralizedSumPool(nn.Module):
         flatten: return (B, C) rather than keeping singleton spatial dims (NCHW / NHWC).
     """
 
+    # Python-side conveniences that TorchScript must not compile.
+    __jit_unused_properties__ = ["transport_ratio", "gamma", "in_chs"]
+
     def __init__(
             self,
             in_chs: Optional[int] = None,
-            num_prototypes: int = 64,
-            transport_ratio: float = 0.3,
-            gamma: float = 5.0,
+            num_prototypes: int = GSP_DEFAULTS["num_prototypes"],
+            transport_ratio: float = GSP_DEFAULTS["transport_ratio"],
+            gamma: float = GSP_DEFAULTS["gamma"],
             input_fmt: str = "NCHW",
             num_prefix_tokens: int = 0,
             flatten: bool = True,
@@ -111,8 +96,7 @@ class GeneralizedSumPool(nn.Module):
         super().__init__()
         if input_fmt not in INPUT_FORMATS:
             raise ValueError(f"input_fmt must be one of {INPUT_FORMATS}, got {input_fmt!r}")
-        if int(num_prototypes) < 1:
-            raise ValueError(f"num_prototypes must be >= 1, got {num_prototypes}")
+        check_gsp_args(num_prototypes, transport_ratio, gamma)
         if in_chs is not None and int(in_chs) < 1:
             raise ValueError(f"in_chs must be >= 1, got {in_chs}")
         if num_prefix_tokens < 0 or (num_prefix_tokens and input_fmt != "NLC"):
@@ -125,7 +109,6 @@ class GeneralizedSumPool(nn.Module):
         factory = dict(device=device, dtype=dtype)
         if in_chs is None:
             self.prototypes = nn.UninitializedParameter(**factory)
-            self._register_load_state_dict_pre_hook(self._materialize_from_state_dict)
         else:
             self.prototypes = nn.Parameter(torch.empty(self.num_prototypes, int(in_chs), **factory))
             self.reset_parameters()
@@ -147,7 +130,7 @@ class GeneralizedSumPool(nn.Module):
 
     def reset_parameters(self) -> None:
         # Random directions in high dimension are all ~sqrt(2) from every feature, so a fresh
-        # GSP starts out as GAP and training moves the prototypes (GSP_METHOD section 6).
+        # GSP starts out as GAP and training moves the prototypes (docs/method.md).
         if not self.is_lazy():
             nn.init.normal_(self.prototypes)
 
@@ -157,16 +140,15 @@ class GeneralizedSumPool(nn.Module):
             self.prototypes.materialize((self.num_prototypes, int(in_chs)))
             self.reset_parameters()
 
-    def _materialize_from_state_dict(self, state_dict, prefix, *args) -> None:
-        key = prefix + "prototypes"
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        key = prefix + PROTOTYPES
         if self.is_lazy() and key in state_dict:
             self.prototypes.materialize(tuple(state_dict[key].shape))
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, *args) -> None:
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, *args)
-        key = prefix + "prototypes"
-        if _missing_prototypes_allowed.get() and key in missing_keys:
-            missing_keys.remove(key)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if key in missing_keys:
+            missing_keys.remove(key)  # a backbone checkpoint: the prototypes are new parameters
 
     @torch.no_grad()
     def init_prototypes_kcenter(self, features: torch.Tensor, seed: Optional[int] = 0) -> torch.Tensor:
@@ -205,7 +187,7 @@ class GeneralizedSumPool(nn.Module):
         if x.dim() != expected_dims:
             raise ValueError(
                 f"GeneralizedSumPool with input_fmt={self.input_fmt} expects a {expected_dims}-d "
-                f"tensor, got shape {tuple(x.shape)}"
+                f"tensor, got shape {list(x.shape)}"
             )
         if self.input_fmt == "NCHW":
             return x.flatten(2).transpose(1, 2)  # a view in either memory format
@@ -215,21 +197,29 @@ class GeneralizedSumPool(nn.Module):
             raise ValueError(f"{x.shape[1]} tokens leave no patch token after {self.num_prefix_tokens} prefix tokens")
         return x[:, self.num_prefix_tokens:]
 
+    def _pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, C) -> (B, C) in float32 (float64 for float64 input)."""
+        compute_dtype = torch.float64 if tokens.dtype == torch.float64 else torch.float32
+        # Plain NCHW is read as (B, C, N) in place, tokens as (B, N, C): no transpose copy.
+        features, channel_dim = dense_layout(tokens.to(compute_dtype), 2)
+        costs = prototype_costs(features, self.prototypes.to(compute_dtype), channel_dim)
+        plan = self.transport(costs)
+        return weighted_sum(features, plan.weights, channel_dim)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self._to_tokens(x)  # (B, N, C)
-        self.materialize(tokens.shape[2])
+        if not torch.jit.is_scripting():
+            self.materialize(tokens.shape[2])
         if tokens.shape[2] != self.prototypes.shape[1]:
             raise ValueError(
                 f"GeneralizedSumPool has prototypes for {self.prototypes.shape[1]} channels, "
-                f"got input of shape {tuple(x.shape)} ({self.input_fmt})"
+                f"got input of shape {list(x.shape)} ({self.input_fmt})"
             )
-        compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            # Plain NCHW is read as (B, C, N) in place, tokens as (B, N, C): no transpose copy.
-            features, channel_dim = dense_layout(tokens.to(compute_dtype), channel_dim=2)
-            costs = prototype_costs(features, self.prototypes.to(compute_dtype), channel_dim)
-            plan = self.transport(costs)
-            pooled = weighted_sum(features, plan.weights, channel_dim).to(x.dtype)  # (B, C)
+        if torch.jit.is_scripting():
+            pooled = self._pool(tokens).to(x.dtype)
+        else:
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                pooled = self._pool(tokens).to(x.dtype)  # (B, C)
         if not self.flatten and self.input_fmt != "NLC":
             pooled = pooled[:, :, None, None] if self.input_fmt == "NCHW" else pooled[:, None, None, :]
         return pooled

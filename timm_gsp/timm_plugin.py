@@ -1,56 +1,70 @@
 """Teach timm the ``"gsp"`` global pool. The only module of timm-gsp that touches timm internals.
 
-``register()`` (run by ``import timm_gsp``, idempotent) patches, in place:
+``register()`` (run by ``import timm_gsp``, idempotent) makes these changes, all at registration,
+each a wrapper that forwards ``*args, **kwargs`` unchanged to timm's own function and only acts
+when GSP is asked for, so a model that does not ask for GSP is built, run, scripted and traced
+exactly as without the plugin:
 
-* ``SelectAdaptivePool2d`` -- the pool of ~60% of timm's models (ResNet, ConvNeXt, EfficientNet,
-  MobileNetV3, RegNet, Swin (NHWC), ...). The heads that build it know the channel count
-  (``create_classifier`` / ``ClassifierHead`` via ``_create_pool``, ``NormMlpClassifierHead``) and
-  pass it through a context variable; a model that builds the pool itself gets a lazy pool that
-  is sized by one dry forward right after ``timm.create_model`` (and ``reset_classifier``).
-* ``ClNormMlpClassifierHead`` (Hiera, some MambaOut) and the token models ``VisionTransformer``
-  (with its subclasses: DeiT, hybrids, ...), ``Eva`` and ``Beit``. For these the final norm is
-  applied to every token before pooling, the placement of 'token' checkpoints, so that their
-  pretrained weights load (pass ``fc_norm=True`` / ``use_fc_norm=True`` for 'avg' checkpoints).
-* ``timm.create_model`` -- a clear error naming the model family where GSP cannot be attached.
-* timm's pretrained loader -- a backbone checkpoint loads strictly except for the new prototypes.
+=============================================  =========  ===================================================
+timm attribute (public name)                   touch      why (timm releases: all of 1.0.15 - 1.0.31)
+=============================================  =========  ===================================================
+``timm.layers.SelectAdaptivePool2d.__init__``  wrapped    the pool class of ~60 % of timm's models (ResNet,
+                                                          ConvNeXt, EfficientNet, Swin NHWC, ...) learns
+                                                          ``"gsp"``: it builds ``GeneralizedSumPool``
+``timm.models.VisionTransformer.__init__``,    wrapped    these classes assert on the pool name; with GSP
+``.reset_classifier``; the same of                        they are built with ``global_pool=''`` (the tokens
+``timm.models.Eva`` and ``timm.models.Beit``              reach the head unpooled) and GSP is put in the
+                                                          ``head_drop`` slot, after the final norm
+``timm.layers.ClNormMlpClassifierHead``        wrapped    same for Hiera / MambaOut heads: GSP goes in the
+``.__init__``, ``.reset``                                 ``pre_logits`` slot, after the head's norm
+``timm.create_model``,                         wrapped    sizes pools built without a channel count (one dry
+``timm.models.create_model``                              forward), names the family when GSP cannot be
+                                                          attached, refuses a published GSP model whose
+                                                          config and weights disagree on the embedding size
+``timm.models.register_notrace_module``        called     ``GeneralizedSumPool`` is an FX leaf, so timm's FX
+                                                          feature extraction traces GSP models
+=============================================  =========  ===================================================
+
+Read, never written: the model attributes ``head_drop``, ``norm``, ``fc_norm``,
+``num_prefix_tokens``, ``num_features``, ``pretrained_cfg``, ``num_classes``, and on heads
+``in_features``, ``input_fmt``/``pool_dim``, ``pre_logits``. The ``global_pool`` argument is recorded
+by timm's own factory (timm >= 1.0.20 writes it to ``model_args``); ``timm_gsp.hub`` passes the full
+reconstruction arguments to ``save_for_hf`` explicitly, so older releases save the same config.
+
+Token models put their final norm where GSP needs it, on every token before pooling: checkpoints
+that store it as ``fc_norm`` (Eva, BEiT, ViT 'avg' variants) and those that store it as ``norm``
+('token' ViTs) both load strictly, the norm mapped to whichever of the two the model holds.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
-from typing import Any, Callable, Optional, Tuple
+import inspect
+from collections import OrderedDict
+from typing import Any, Callable, Dict, Optional, Tuple
 
-import torch
 import torch.nn as nn
 
 import timm
-import timm.layers.classifier as timm_classifier
-import timm.models as timm_models
-import timm.models._builder as timm_builder
-import timm.models._factory as timm_factory
-from timm.layers import ClNormMlpClassifierHead, NormMlpClassifierHead, SelectAdaptivePool2d
-from timm.models.beit import Beit
-from timm.models._input import get_model_input_config
-from timm.models.eva import Eva
-from timm.models.vision_transformer import VisionTransformer
+import timm.models
+from timm.layers import ClNormMlpClassifierHead, SelectAdaptivePool2d
+from timm.models import Beit, Eva, VisionTransformer, register_notrace_module
 
-from .pooling import GeneralizedSumPool, allow_missing_prototypes, gsp_modules
+from .errors import CheckpointMismatchError, GSPUnsupportedModelError
+from .pooling import GeneralizedSumPool, gsp_modules
 from .spec import is_gsp_spec, parse_gsp_spec
+from .utils import dry_forward
 
-__all__ = ["register", "GSPUnsupportedModelError", "SUPPORTED_TIMM_VERSIONS", "model_input_size", "size_lazy_pools"]
+__all__ = ["register", "SUPPORTED_TIMM_VERSIONS", "model_input_size", "size_lazy_pools", "TOKEN_MODELS"]
 
-SUPPORTED_TIMM_VERSIONS = ((1, 0, 31), (2, 0, 0))  # [low, high): model_args recording arrived in 1.0.31
-_PATCHED_FLAG = "_timm_gsp_patched"
-# Channel count of the pool being built, set by the heads that know it.
-_pool_in_chs: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar("timm_gsp_pool_in_chs", default=None)
-
-
-class GSPUnsupportedModelError(ValueError):
-    """The model family does not build its pooling in a way GSP can hook into via ``global_pool``."""
+# [low, high): the seam is tested on both ends (CI runs the plugin tests on the oldest and the newest).
+SUPPORTED_TIMM_VERSIONS = ((1, 0, 15), (2, 0, 0))
+TOKEN_MODELS = (VisionTransformer, Eva, Beit)
+_WRAPPED = "__timm_gsp_wrapped__"  # marks our wrappers (idempotent registration); never `__wrapped__`,
+# which TorchScript would follow to timm's source while resolving names in this module
+_HUB_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
 
 
-def _timm_version() -> tuple:
+def _timm_version() -> Tuple[int, ...]:
     parts = []
     for piece in timm.__version__.split(".")[:3]:
         digits = "".join(ch for ch in piece if ch.isdigit())
@@ -62,166 +76,220 @@ def _check_timm_version() -> None:
     low, high = SUPPORTED_TIMM_VERSIONS
     if not low <= _timm_version() < high:
         raise ImportError(
-            f"timm-gsp supports timm >= {'.'.join(map(str, low))}, < {'.'.join(map(str, high))}; "
-            f"found timm {timm.__version__}"
+            f"timm-gsp supports timm >= {'.'.join(map(str, low))}, < {'.'.join(map(str, high))}; found timm "
+            f"{timm.__version__}. Outside that range global_pool='gsp' is not registered: install a supported "
+            f"timm (pip install 'timm>={'.'.join(map(str, low))},<{high[0]}')"
         )
 
 
-def _patch(owner: Any, name: str, make: Callable[[Callable], Callable]) -> None:
-    """Replace ``owner.name`` by ``make(original)`` once."""
+def _wrap(owner: Any, name: str, make: Callable[[Callable], Callable]) -> None:
+    """Replace ``owner.name`` by ``make(original)``, once."""
     original = getattr(owner, name)
-    if getattr(original, _PATCHED_FLAG, False):
+    if getattr(original, _WRAPPED, False):
         return
-    patched = functools.wraps(original)(make(original))
-    setattr(patched, _PATCHED_FLAG, True)
-    setattr(owner, name, patched)
+    wrapper = make(original)
+    # Name and docstring for help(); deliberately no ``__wrapped__`` (see _WRAPPED).
+    functools.update_wrapper(wrapper, original, updated=())
+    del wrapper.__wrapped__
+    setattr(wrapper, _WRAPPED, True)
+    setattr(owner, name, wrapper)
 
 
-@contextlib.contextmanager
-def _with_in_chs(in_chs: Optional[int]):
-    token = _pool_in_chs.set(in_chs)
-    try:
-        yield
-    finally:
-        _pool_in_chs.reset(token)
+def _bind(original: Callable, *args: Any, **kwargs: Any) -> inspect.BoundArguments:
+    """The call's arguments by name, defaults filled in, whatever timm release defines ``original``."""
+    bound = inspect.signature(original).bind(*args, **kwargs)
+    bound.apply_defaults()
+    return bound
 
 
-def _new_pool(spec: str, in_chs: Optional[int], **layout) -> GeneralizedSumPool:
+def _new_pool(spec: str, in_chs: Optional[int], **layout: Any) -> GeneralizedSumPool:
     return GeneralizedSumPool(in_chs, **parse_gsp_spec(spec), **layout)
 
 
-# --- group a: SelectAdaptivePool2d and the heads that build it --------------------------------
+# --- group a: SelectAdaptivePool2d -------------------------------------------------------------
 
 def _select_adaptive_pool_init(original):
-    def __init__(self, output_size=1, pool_type="fast", flatten=False, input_fmt="NCHW"):
-        if not is_gsp_spec(pool_type):
-            return original(self, output_size, pool_type, flatten, input_fmt)
+    def __init__(*args, **kwargs):
+        bound = _bind(original, *args, **kwargs)
+        spec = bound.arguments["pool_type"]
+        if not is_gsp_spec(spec):
+            return original(*args, **kwargs)
+        output_size = bound.arguments["output_size"]
         if output_size not in (1, (1, 1)):
             raise ValueError(f"GSP pools to a single vector; output_size={output_size} is not supported")
-        nn.Module.__init__(self)
-        self.pool_type = pool_type
-        self.pool = _new_pool(pool_type, _pool_in_chs.get(), input_fmt=input_fmt, flatten=flatten)
+        flatten, input_fmt = bound.arguments["flatten"], bound.arguments["input_fmt"]
+        bound.arguments["pool_type"] = ""  # timm builds its identity pool; GSP replaces it
+        original(*bound.args, **bound.kwargs)
+        self = bound.arguments["self"]
+        self.pool_type = spec
+        # The channel count is not passed to the pool: the prototypes are created lazily, by the
+        # dry forward after timm.create_model, by a checkpoint that holds them, or at the first forward.
+        self.pool = _new_pool(spec, None, input_fmt=input_fmt, flatten=flatten)
         self.flatten = nn.Identity()
     return __init__
 
 
-def _create_pool(original):
-    def _create_pool(num_features, *args, **kwargs):
-        with _with_in_chs(num_features):
-            return original(num_features, *args, **kwargs)
-    return _create_pool
+# --- token models: VisionTransformer (and subclasses), Eva, Beit --------------------------------
+
+def _gsp_head_drop(model: nn.Module) -> Optional[GeneralizedSumPool]:
+    slot = getattr(model, "head_drop", None)
+    return slot.pool if isinstance(slot, nn.Sequential) and isinstance(getattr(slot, "pool", None), GeneralizedSumPool) else None
 
 
-def _head_init(original):
-    def __init__(self, in_features, *args, **kwargs):
-        with _with_in_chs(in_features):
-            original(self, in_features, *args, **kwargs)
-    return __init__
+def _attach_token_gsp(model: nn.Module, spec: str) -> None:
+    """GSP in the ``head_drop`` slot: forward_head then runs (no pool) -> fc_norm (per token) -> GSP -> dropout."""
+    drop = model.head_drop
+    if _gsp_head_drop(model) is not None:
+        drop = model.head_drop.drop
+    pool = _new_pool(spec, model.num_features, input_fmt="NLC", num_prefix_tokens=model.num_prefix_tokens)
+    model.head_drop = nn.Sequential(OrderedDict([("pool", pool), ("drop", drop)]))
+    _register_norm_remap(model)
 
 
-def _norm_mlp_head_reset(original):
-    def reset(self, num_classes, pool_type=None, *args, **kwargs):
-        in_features = kwargs.get("in_features") or self.in_features
-        with _with_in_chs(in_features):
-            original(self, num_classes, pool_type, *args, **kwargs)
-    return reset
+def _detach_token_gsp(model: nn.Module) -> None:
+    if _gsp_head_drop(model) is not None:
+        model.head_drop = model.head_drop.drop
 
-
-# --- ClNormMlpClassifierHead: pools inline on NHWC / NLC ------------------------------------
-
-def _cl_head_init(original):
-    def __init__(self, in_features, num_classes, hidden_size=None, pool_type="avg", *args, **kwargs):
-        spec = pool_type if is_gsp_spec(pool_type) else None
-        original(self, in_features, num_classes, hidden_size, "avg" if spec else pool_type, *args, **kwargs)
-        self.gsp_pool = None
-        if spec:
-            _set_cl_head_gsp(self, spec)
-    return __init__
-
-
-def _set_cl_head_gsp(head, spec: str) -> None:
-    head.pool_type = spec
-    input_fmt = "NLC" if head.pool_dim == 1 else "NHWC"
-    head.gsp_pool = _new_pool(spec, head.in_features, input_fmt=input_fmt)
-
-
-def _cl_head_reset(original):
-    def reset(self, num_classes, pool_type=None, *args, **kwargs):
-        spec = pool_type if is_gsp_spec(pool_type) else None
-        original(self, num_classes, "avg" if spec else pool_type, *args, **kwargs)
-        if spec:
-            _set_cl_head_gsp(self, spec)
-        elif pool_type is not None:
-            self.gsp_pool = None
-    return reset
-
-
-def _cl_head_global_pool(original):
-    def _global_pool(self, x):
-        if getattr(self, "gsp_pool", None) is not None:
-            return self.gsp_pool(x)
-        return original(self, x)
-    return _global_pool
-
-
-# --- token models: VisionTransformer (and subclasses), Eva, Beit ------------------------------
 
 def _token_model_init(original):
-    def __init__(self, *args, **kwargs):
-        spec = kwargs.get("global_pool")
+    def __init__(*args, **kwargs):
+        bound = _bind(original, *args, **kwargs)
+        spec = bound.arguments.get("global_pool")
         if not is_gsp_spec(spec):
-            original(self, *args, **kwargs)
-            self.gsp_pool = None
-            return
+            return original(*args, **kwargs)
         parse_gsp_spec(spec)  # fail on a bad spec before building the backbone
-        # '' builds no pool and puts the final norm before pooling, which is what we want.
-        original(self, *args, **dict(kwargs, global_pool=""))
-        _set_token_gsp(self, spec)
+        bound.arguments["global_pool"] = ""
+        original(*bound.args, **bound.kwargs)
+        _attach_token_gsp(bound.arguments["self"], spec)
     return __init__
-
-
-def _set_token_gsp(model, spec: str) -> None:
-    model.global_pool = spec
-    model.gsp_pool = _new_pool(spec, model.num_features, input_fmt="NLC", num_prefix_tokens=model.num_prefix_tokens)
 
 
 def _token_model_reset_classifier(original):
-    def reset_classifier(self, num_classes, global_pool=None):
-        spec = global_pool if is_gsp_spec(global_pool) else None
-        original(self, num_classes, "" if spec else global_pool)
-        if spec:
-            _set_token_gsp(self, spec)
-        elif global_pool is not None:
-            self.gsp_pool = None
+    def reset_classifier(*args, **kwargs):
+        bound = _bind(original, *args, **kwargs)
+        self, spec = bound.arguments["self"], bound.arguments.get("global_pool")
+        if is_gsp_spec(spec):
+            parse_gsp_spec(spec)
+            bound.arguments["global_pool"] = ""
+            original(*bound.args, **bound.kwargs)
+            _attach_token_gsp(self, spec)
+            return
+        original(*args, **kwargs)
+        if spec is not None:  # another pool was asked for: GSP goes
+            _detach_token_gsp(self)
     return reset_classifier
 
 
-def _token_model_pool(original):
-    def pool(self, x, pool_type=None):
-        if pool_type is None and getattr(self, "gsp_pool", None) is not None:
-            return self.gsp_pool(x)
-        return original(self, x, pool_type)
-    return pool
+class _NormRemap:
+    """Load-state-dict pre-hook of a GSP token model: its final norm is a per-token norm before GSP,
+    held as ``norm`` (applied in ``forward_features``) or ``fc_norm`` (applied in the head); a
+    checkpoint stores it under one of the two names, which may be the other one."""
+
+    def __call__(self, module: nn.Module, state_dict: Dict[str, Any], prefix: str, *args: Any) -> None:
+        if _gsp_head_drop(module) is None:
+            return
+        names = ("norm", "fc_norm")
+        held = [n for n in names if any(True for _ in getattr(module, n).parameters())]
+        stored = [n for n in names if any(k.startswith(f"{prefix}{n}.") for k in state_dict)]
+        if len(held) == 1 and len(stored) == 1 and held != stored:
+            source, target = f"{prefix}{stored[0]}.", f"{prefix}{held[0]}."
+            for key in [k for k in state_dict if k.startswith(source)]:
+                state_dict[target + key[len(source):]] = state_dict.pop(key)
 
 
-def _beit_forward_head(original):
-    def forward_head(self, x, pre_logits: bool = False):
-        if getattr(self, "gsp_pool", None) is None:
-            return original(self, x, pre_logits)
-        x = self.fc_norm(self.gsp_pool(x))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-    return forward_head
+def _register_norm_remap(model: nn.Module) -> None:
+    if getattr(model, "_timm_gsp_norm_remap", False):
+        return
+    register = getattr(model, "register_load_state_dict_pre_hook", None)
+    if register is not None:  # torch >= 2.5
+        register(_NormRemap())
+    else:
+        model._register_load_state_dict_pre_hook(_NormRemap(), with_module=True)
+    model._timm_gsp_norm_remap = True
 
 
-# --- create_model, reset_classifier and pretrained loading ------------------------------------
+# --- ClNormMlpClassifierHead (Hiera, MambaOut, ...): pools inline on NHWC / NLC ----------------
+
+def _attach_head_gsp(head: nn.Module, spec: str) -> None:
+    """GSP first in ``pre_logits``: the head then runs (no pool) -> norm (per token) -> GSP -> MLP -> fc."""
+    input_fmt = "NLC" if head.pool_dim == 1 else "NHWC"
+    pool = _new_pool(spec, head.in_features, input_fmt=input_fmt)
+    rest = _head_mlp(head)
+    head.pre_logits = nn.Sequential(OrderedDict([("pool", pool), *rest.named_children()])) \
+        if isinstance(rest, nn.Sequential) else nn.Sequential(OrderedDict([("pool", pool)]))
+
+
+def _head_mlp(head: nn.Module) -> nn.Module:
+    """The head's own pre_logits, without a GSP pool we put there."""
+    slot = head.pre_logits
+    if isinstance(slot, nn.Sequential) and isinstance(getattr(slot, "pool", None), GeneralizedSumPool):
+        rest = [(name, child) for name, child in slot.named_children() if name != "pool"]
+        return nn.Sequential(OrderedDict(rest)) if rest else nn.Identity()
+    return slot
+
+
+def _cl_head_init(original):
+    def __init__(*args, **kwargs):
+        bound = _bind(original, *args, **kwargs)
+        spec = bound.arguments["pool_type"]
+        if not is_gsp_spec(spec):
+            return original(*args, **kwargs)
+        parse_gsp_spec(spec)
+        bound.arguments["pool_type"] = ""
+        original(*bound.args, **bound.kwargs)
+        _attach_head_gsp(bound.arguments["self"], spec)
+    return __init__
+
+
+def _cl_head_reset(original):
+    def reset(*args, **kwargs):
+        bound = _bind(original, *args, **kwargs)
+        self, spec = bound.arguments["self"], bound.arguments["pool_type"]
+        if is_gsp_spec(spec):
+            parse_gsp_spec(spec)
+            bound.arguments["pool_type"] = ""
+        had_gsp = _head_mlp(self) is not self.pre_logits
+        if had_gsp and (spec is not None or bound.arguments.get("reset_other")):
+            self.pre_logits = _head_mlp(self)  # timm's reset sees the head as it built it
+        original(*bound.args, **bound.kwargs)
+        if is_gsp_spec(spec):
+            _attach_head_gsp(self, spec)
+    return reset
+
+
+# --- create_model --------------------------------------------------------------------------------
+
+def model_input_size(model: nn.Module, img_size: Any = None, in_chans: Optional[int] = None) -> Tuple[int, int, int]:
+    """(C, H, W) the model is built for: ``img_size`` / ``in_chans`` given at creation, else its
+    ``pretrained_cfg`` (timm's data config)."""
+    from timm.data import resolve_data_config
+
+    channels, height, width = resolve_data_config(model=model)["input_size"]
+    if img_size is not None:
+        height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)[-2:]
+    return (in_chans or channels, int(height), int(width))
+
+
+def size_lazy_pools(model: nn.Module, img_size: Any = None, in_chans: Optional[int] = None) -> None:
+    """Create the prototypes of GSP pools built without a channel count, by one dry forward.
+
+    Pools reached through ``SelectAdaptivePool2d`` do not know their input width (which is not
+    always ``num_features``: GhostNet, EfficientViT, ...), so it is measured.
+    """
+    if not any(pool.is_lazy() for _, pool in gsp_modules(model)):
+        return
+    reference = next((p for p in model.parameters() if not isinstance(p, nn.UninitializedParameter)), None)
+    if reference is None or reference.device.type == "meta":
+        return  # sized at the first real forward
+    dry_forward(model, model_input_size(model, img_size, in_chans))
+
 
 def _family(model_name: str) -> str:
     try:
-        arch = timm_models.parse_model_name(model_name)[1]
-        entry = timm_models.model_entrypoint(arch)
+        arch = timm.models.parse_model_name(model_name)[1]
+        entry = timm.models.model_entrypoint(arch)
         return f"{entry.__module__.rsplit('.', 1)[-1]} ({arch})"
-    except Exception:  # an unknown or hub name: let timm's own error speak
+    except Exception:  # an unknown or hub name: the caller's own error speaks
         return model_name
 
 
@@ -233,86 +301,77 @@ def _unsupported(model_name: str, detail: str) -> GSPUnsupportedModelError:
     )
 
 
-def model_input_size(model: nn.Module) -> Tuple[int, int, int]:
-    """(C, H, W) the model is built for, honouring ``img_size`` given at creation."""
-    # timm falls back to pretrained_cfg, then (3, 224, 224), for models it did not build
-    return tuple(get_model_input_config(model)["input_size"])
-
-
-def size_lazy_pools(model: nn.Module) -> None:
-    """Create the prototypes of pools built without a channel count, by one dry forward.
-
-    Only models that build their pool themselves (MobileNetV3, GhostNet, EfficientViT, ...) get
-    here; their pool's input width is not always ``num_features``, so it is measured.
-    """
-    if not any(pool.is_lazy() for _, pool in gsp_modules(model)):
-        return
-    reference = next((p for p in model.parameters() if not isinstance(p, nn.UninitializedParameter)), None)
-    if reference is None or reference.device.type == "meta":
-        return  # sized at the first real forward
-    input_size = model_input_size(model)
-    was_training = model.training
-    model.eval()
+def _rejects_gsp(original: Callable, bound: inspect.BoundArguments) -> bool:
+    """Whether a failed ``create_model`` call failed because the family's constructor refuses the GSP
+    pool: building (never downloading) fails with it and succeeds without it."""
+    arguments = {k: v for k, v in bound.arguments.items() if k != "kwargs"}
+    arguments["pretrained"] = False
+    kwargs = dict(bound.arguments.get("kwargs", {}))
+    if bound.arguments.get("pretrained"):
+        try:
+            original(**arguments, **kwargs)
+        except Exception:
+            pass
+        else:
+            return False  # it builds: the failure came from loading the weights
     try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_size, device=reference.device, dtype=reference.dtype))
-    finally:
-        model.train(was_training)
+        original(**arguments, **{k: v for k, v in kwargs.items() if k != "global_pool"})
+    except Exception:
+        return False  # it fails without GSP too: not about GSP
+    return True
 
 
-def _reset_classifier(original):
-    def reset_classifier(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        size_lazy_pools(self)
-    return reset_classifier
+def _check_published_head(model: nn.Module, model_name: str, user_kwargs: Dict[str, Any], pretrained: bool) -> None:
+    """A published GSP model whose config.json asks for another embedding size than its weights hold
+    would get a random embedding layer from timm (it drops a classifier of the wrong size): refuse."""
+    if not (pretrained and model_name.startswith(_HUB_PREFIXES)) or "num_classes" in user_kwargs:
+        return
+    stored = getattr(model, "pretrained_cfg", {}).get("num_classes")
+    if gsp_modules(model) and stored is not None and stored != model.num_classes:
+        raise CheckpointMismatchError(
+            f"{model_name}: config.json builds {model.num_classes} outputs (model_args.num_classes) but its "
+            f"weights are for {stored} (num_classes): the embedding layer would be random. Fix config.json, "
+            f"or pass num_classes= explicitly to train a new head"
+        )
 
 
 def _create_model(original):
-    def create_model(model_name, *args, **kwargs):
-        spec = kwargs.get("global_pool")
-        if not is_gsp_spec(spec) or kwargs.get("features_only"):
-            return original(model_name, *args, **kwargs)  # feature extractors drop the head
-        parse_gsp_spec(spec)
-        try:
-            model = original(model_name, *args, **kwargs)
-        except (AssertionError, TypeError, ValueError, KeyError) as error:
-            raise _unsupported(model_name, f"{type(error).__name__}: {error}") from error
-        if not gsp_modules(model):
-            raise _unsupported(model_name, f"{type(model).__name__} ignores global_pool={spec!r}")
-        size_lazy_pools(model)
-        _patch(type(model), "reset_classifier", _reset_classifier)
+    def create_model(*args, **kwargs):
+        bound = _bind(original, *args, **kwargs)
+        model_name = bound.arguments["model_name"]
+        user_kwargs = bound.arguments.get("kwargs", {})
+        spec = user_kwargs.get("global_pool")
+        if is_gsp_spec(spec):
+            parse_gsp_spec(spec)  # a bad spec is the caller's ValueError, before anything is built
+            try:
+                model = original(*args, **kwargs)
+            except Exception as error:
+                if _rejects_gsp(original, bound):
+                    raise _unsupported(model_name, f"{type(error).__name__}: {error}") from error
+                raise  # not about GSP: timm's own error, unchanged
+            if not user_kwargs.get("features_only") and not gsp_modules(model):
+                raise _unsupported(model_name, f"{type(model).__name__} ignores global_pool={spec!r}")
+        else:
+            model = original(*args, **kwargs)
+        if isinstance(model, nn.Module) and not user_kwargs.get("features_only"):
+            size_lazy_pools(model, user_kwargs.get("img_size"), user_kwargs.get("in_chans"))
+            _check_published_head(model, model_name, user_kwargs, bool(bound.arguments.get("pretrained")))
         return model
     return create_model
 
 
-def _load_pretrained(original):
-    def load_pretrained(model, *args, **kwargs):
-        size_lazy_pools(model)
-        # ImageNet checkpoints hold the backbone; GSP prototypes are new parameters.
-        with allow_missing_prototypes():
-            return original(model, *args, **kwargs)
-    return load_pretrained
-
-
 def register() -> None:
-    """Install the hooks (idempotent)."""
+    """Install the wrappers listed in the module docstring (idempotent)."""
     _check_timm_version()
-    _patch(SelectAdaptivePool2d, "__init__", _select_adaptive_pool_init)
-    _patch(timm_classifier, "_create_pool", _create_pool)
-    _patch(NormMlpClassifierHead, "__init__", _head_init)
-    _patch(NormMlpClassifierHead, "reset", _norm_mlp_head_reset)
-    _patch(ClNormMlpClassifierHead, "__init__", _cl_head_init)
-    _patch(ClNormMlpClassifierHead, "reset", _cl_head_reset)
-    _patch(ClNormMlpClassifierHead, "_global_pool", _cl_head_global_pool)
-    for token_model in (VisionTransformer, Eva, Beit):
-        _patch(token_model, "__init__", _token_model_init)
-        _patch(token_model, "reset_classifier", _token_model_reset_classifier)
-    for pooled_model in (VisionTransformer, Eva):
-        _patch(pooled_model, "pool", _token_model_pool)
-    _patch(Beit, "forward_head", _beit_forward_head)
-    _patch(timm_builder, "load_pretrained", _load_pretrained)
-    original_create = timm_factory.create_model
-    _patch(timm_factory, "create_model", _create_model)
-    for namespace in (timm, timm_models):
-        if getattr(namespace, "create_model", None) is original_create:
-            namespace.create_model = timm_factory.create_model
+    _wrap(SelectAdaptivePool2d, "__init__", _select_adaptive_pool_init)
+    for token_model in TOKEN_MODELS:
+        _wrap(token_model, "__init__", _token_model_init)
+        _wrap(token_model, "reset_classifier", _token_model_reset_classifier)
+    _wrap(ClNormMlpClassifierHead, "__init__", _cl_head_init)
+    _wrap(ClNormMlpClassifierHead, "reset", _cl_head_reset)
+    original_create_model = timm.models.create_model
+    _wrap(timm.models, "create_model", _create_model)
+    if timm.create_model is original_create_model:  # the same function, re-exported
+        timm.create_model = timm.models.create_model
+    register_notrace_module(GeneralizedSumPool)
+

@@ -1,16 +1,31 @@
 """Entropy-smoothed partial optimal transport of Generalized Sum Pooling, in closed form.
 
-Gurbuz, Sener, Alatan, "Generalized Sum Pooling for Metric Learning", ICCV 2023.
+Gurbuz, Sener, Alatan, "Generalized Sum Pooling for Metric Learning", ICCV 2023 (arXiv 2308.09228).
+``docs/method.md`` derives everything below; in short:
 
-Pure functions, no module state. With ``l_j = logsumexp_i(-gamma * c_ij)`` the optimal plan is
+A backbone gives ``n`` local features ``f_j`` (C channels). GSP has ``K`` prototypes ``p_i``. Costs are
+``c_ij = || p_i/|p_i| - f_j/|f_j| ||`` (in [0, 2]). Each feature carries mass ``1/n``; a share ``mu``
+(the transport ratio) of the total mass is moved to the prototypes, the rest stays as residual, under
+an entropy penalty of weight ``1/gamma``. With ``l_j = logsumexp_i(-gamma * c_ij)`` (how close feature
+``j`` is to the prototypes), the optimum is
 
-    w_j = sigmoid(t + l_j) / (n * mu)               (pooling weights, sum_j w_j = 1)
-    a_i = sum_j w_j * softmax_i(-gamma * c_ij)      (attributes,      sum_i a_i = 1)
+    w_j = sigmoid(t + l_j) / (n * mu)               pooling weights   (sum_j w_j = 1)
+    a_i = sum_j w_j * softmax_i(-gamma * c_ij)      attributes        (sum_i a_i = 1)
 
-where the per-image threshold ``t`` is the root of ``mean_j sigmoid(t + l_j) = mu``. The root is
-found without gradient by a safeguarded Newton iteration in the log domain, then one Newton step
-is replayed with gradient (divided by a detached derivative) so that autograd sees exactly the
-implicit-function gradient, never the solver's iterations.
+where the per-image threshold ``t`` is the root of ``g(t) = mean_j sigmoid(t + l_j) - mu``, strictly
+increasing and bracketed by ``[logit(mu) - max_j l_j, logit(mu) - min_j l_j]``. GSP pools
+``z = sum_j w_j f_j``: a soft selection of the ``mu * n`` features closest to the prototypes.
+
+* The root is found without gradient by a safeguarded Newton iteration in the log domain (no
+  underflow for any gamma), then one Newton step is replayed with gradient, divided by a detached
+  ``g'(t*)``: its value is ``t*`` and its derivative is the implicit-function gradient
+  ``dt/dl_j = -s_j (1 - s_j) / sum_k s_k (1 - s_k)``, so autograd never sees the iterations.
+* Oracles (tested): ``mu = 1`` is global average pooling exactly; equal ``l_j`` give ``w_j = 1/n``;
+  ``gamma -> inf`` keeps the ``mu * n`` closest features with weight ``1/(mu n)``; permuting the
+  features permutes ``w`` and leaves ``z`` and ``a`` unchanged; float64 ``gradcheck``.
+
+Pure functions, no module state; TorchScript-compatible (custom autograd kernels are used in eager
+mode only, plain ops under ``torch.jit.script``).
 """
 from __future__ import annotations
 
@@ -20,6 +35,8 @@ from typing import NamedTuple, Tuple
 import torch
 import torch.nn.functional as F
 
+from .spec import check_gsp_args
+
 __all__ = [
     "TransportPlan",
     "gsp_transport",
@@ -27,12 +44,9 @@ __all__ = [
     "weighted_sum",
     "dense_layout",
     "solve_threshold",
-    "check_transport_args",
+    "MAX_SOLVER_ITERS",
 ]
 
-# |mean_j sigmoid(t + l_j) - mu| at which the solver stops, per compute dtype; rows whose bracket
-# has shrunk to float resolution stop too (hard selections at large gamma).
-MASS_TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12}
 MAX_SOLVER_ITERS = 30
 
 
@@ -43,12 +57,13 @@ class TransportPlan(NamedTuple):
     attributes: torch.Tensor
 
 
-def check_transport_args(transport_ratio: float, gamma: float) -> None:
-    """Raise ``ValueError`` naming the hyper-parameter that is out of range."""
-    if not 0.0 < float(transport_ratio) <= 1.0:
-        raise ValueError(f"transport_ratio must be in (0, 1], got {transport_ratio}")
-    if not (float(gamma) > 0.0 and math.isfinite(gamma)):
-        raise ValueError(f"gamma must be a finite number > 0, got {gamma}")
+def _mass_tolerance(dtype: torch.dtype) -> float:
+    """|mean_j sigmoid(t + l_j) - mu| at which the solver stops."""
+    return 1e-12 if dtype == torch.float64 else 1e-6
+
+
+def _machine_eps(dtype: torch.dtype) -> float:
+    return 2.220446049250313e-16 if dtype == torch.float64 else 1.1920928955078125e-07
 
 
 def _token_view(features: torch.Tensor, channel_dim: int) -> torch.Tensor:
@@ -151,7 +166,10 @@ def weighted_sum(features: torch.Tensor, weights: torch.Tensor, channel_dim: int
     """Pooled features: (B, N, C) (``channel_dim=2``) or (B, C, N) (``channel_dim=1``) weighted
     by weights (B, N) -> (B, C)."""
     features, channel_dim = dense_layout(features, channel_dim)
-    return _WeightedSum.apply(features, weights.to(features.dtype), channel_dim)
+    weights = weights.to(features.dtype)
+    if torch.jit.is_scripting():
+        return torch.bmm(weights.unsqueeze(1), _token_view(features, channel_dim)).squeeze(1)
+    return _WeightedSum.apply(features, weights, channel_dim)
 
 
 def prototype_costs(features: torch.Tensor, prototypes: torch.Tensor, channel_dim: int = 2) -> torch.Tensor:
@@ -166,31 +184,40 @@ def prototype_costs(features: torch.Tensor, prototypes: torch.Tensor, channel_di
         costs: (B, K, N).
     """
     if features.dim() != 3 or channel_dim not in (1, 2):
-        raise ValueError(f"features must be (B, N, C) or (B, C, N), got shape {tuple(features.shape)}")
+        raise ValueError(f"features must be (B, N, C) or (B, C, N), got shape {list(features.shape)}")
     if prototypes.dim() != 2 or prototypes.shape[1] != features.shape[channel_dim]:
         raise ValueError(
-            f"prototypes of shape {tuple(prototypes.shape)} do not match features of shape "
-            f"{tuple(features.shape)} with channels on dim {channel_dim}"
+            f"prototypes of shape {list(prototypes.shape)} do not match features of shape "
+            f"{list(features.shape)} with channels on dim {channel_dim}"
         )
     features, channel_dim = dense_layout(features, channel_dim)
-    cosine = _CosineToPrototypes.apply(features, F.normalize(prototypes, dim=1), channel_dim)  # (B, K, N)
+    unit_prototypes = F.normalize(prototypes, dim=1)
+    if torch.jit.is_scripting():  # custom autograd kernels are not scriptable: the same in plain ops
+        tokens = _token_view(features, channel_dim)
+        cosine = torch.matmul(F.normalize(tokens, dim=2), unit_prototypes.t()).transpose(1, 2)
+    else:
+        cosine = _CosineToPrototypes.apply(features, unit_prototypes, channel_dim)  # (B, K, N)
     # ||p - f||^2 = 2 - 2 cos; the floor keeps sqrt's gradient finite for coincident vectors.
     return (2.0 - 2.0 * cosine).clamp_min(1e-8).sqrt()
 
 
-@torch.no_grad()
-def solve_threshold(closeness: torch.Tensor, transport_ratio: float) -> torch.Tensor:
+def solve_threshold(closeness: torch.Tensor, transport_ratio: float, max_iters: int = MAX_SOLVER_ITERS) -> torch.Tensor:
     """Root ``t`` of ``g(t) = mean_j sigmoid(t + l_j) - mu`` for each row of ``closeness``.
 
     Safeguarded Newton in the log domain: below the root it steps on ``log mean_j s_j`` and above
     it on ``log mean_j (1 - s_j)``, both nearly linear in ``t`` far from the root, so a far start
     converges in a few steps; a step that would leave the bracket (which shrinks with the sign of
     ``g``, strictly increasing) is replaced by bisection. Pass centred closeness (max 0) so that
-    ``t + l_j`` keeps float32 precision for any gamma.
+    ``t + l_j`` keeps float32 precision for any gamma, and detached: this builds no graph.
+
+    In eager mode and TorchScript the loop stops once every row has converged; traced graphs
+    (``torch.compile``, ``torch.export``, ONNX) run all ``max_iters`` iterations, and a
+    converged row stays frozen, so both give the same result.
 
     Args:
         closeness: (B, N) soft-min closeness ``l_j`` of each feature to the prototypes.
         transport_ratio: ``mu`` in (0, 1).
+        max_iters: iteration cap (the fixed count of traced graphs).
 
     Returns:
         t: (B, 1).
@@ -202,10 +229,13 @@ def solve_threshold(closeness: torch.Tensor, transport_ratio: float) -> torch.Te
     low = logit_mu - closeness.amax(dim=1, keepdim=True)
     high = logit_mu - closeness.amin(dim=1, keepdim=True)
     t = logit_mu - closeness.mean(dim=1, keepdim=True)  # exact when all l_j are equal
-    resolution = 4 * torch.finfo(closeness.dtype).eps
-    tolerance = MASS_TOLERANCE[closeness.dtype]
-    check_each_step = not torch.compiler.is_compiling()
-    for _ in range(MAX_SOLVER_ITERS):
+    resolution = 4 * _machine_eps(closeness.dtype)
+    tolerance = _mass_tolerance(closeness.dtype)
+    if torch.jit.is_scripting():
+        check_each_step = True
+    else:
+        check_each_step = not torch.compiler.is_compiling()
+    for _ in range(max_iters):
         x = t + closeness
         log_s, log_not_s = F.logsigmoid(x), F.logsigmoid(-x)
         log_mass = torch.logsumexp(log_s, dim=1, keepdim=True) - log_n  # log mean_j s_j
@@ -231,11 +261,37 @@ def solve_threshold(closeness: torch.Tensor, transport_ratio: float) -> torch.Te
     return t
 
 
+def _transport(costs: torch.Tensor, transport_ratio: float, gamma: float) -> TransportPlan:
+    """``gsp_transport`` without argument checks or autocast handling, in the dtype of ``costs``."""
+    logits = costs * (-gamma)  # (B, K, N)
+    assignment = torch.softmax(logits, dim=1)  # (B, K, N): softmax_i(-gamma c_ij)
+    num_features = costs.shape[2]
+    if transport_ratio >= 1.0:
+        # mu = 1 transports everything: every feature keeps weight 1/n, i.e. GAP.
+        weights = torch.full((costs.shape[0], num_features), 1.0 / num_features, dtype=costs.dtype, device=costs.device)
+    else:
+        closeness = torch.logsumexp(logits, dim=1)  # (B, N)
+        # The solution is shift invariant in l; centring keeps t + l_j small and precise.
+        closeness = closeness - closeness.detach().amax(dim=1, keepdim=True)
+        t_star = solve_threshold(closeness.detach(), transport_ratio)
+        # One Newton step replayed with gradient: its derivative is the implicit dt/dl, and
+        # only its gradient is kept (value exactly t*), so a flat g cannot blow up the value.
+        s_star = torch.sigmoid(t_star + closeness)
+        slope = (s_star * (1.0 - s_star)).mean(dim=1, keepdim=True).detach().clamp_min(1e-30)
+        newton_step = -(s_star.mean(dim=1, keepdim=True) - transport_ratio) / slope
+        selected = torch.sigmoid(t_star + (newton_step - newton_step.detach()) + closeness)
+        # sum_j s_j = n * mu at the root; dividing by the sum instead removes the solver's
+        # residual from the weights, and its gradient is zero there (implicit t).
+        weights = selected / selected.sum(dim=1, keepdim=True)
+    attributes = torch.bmm(assignment, weights.unsqueeze(2)).squeeze(2)  # (B, K): sum_j w_j softmax_i
+    return TransportPlan(weights, attributes)
+
+
 def gsp_transport(costs: torch.Tensor, transport_ratio: float, gamma: float) -> TransportPlan:
     """Pooling weights and prototype attributes of GSP's entropy-smoothed partial transport.
 
     Computed in float32 (float64 for float64 input) with autocast disabled; gradients are the
-    implicit ones of GSP_METHOD section 4.
+    implicit ones described in the module docstring.
 
     Args:
         costs: (B, K, N) prototype-to-feature costs.
@@ -245,30 +301,11 @@ def gsp_transport(costs: torch.Tensor, transport_ratio: float, gamma: float) -> 
     Returns:
         TransportPlan with weights (B, N) and attributes (B, K), in the compute dtype.
     """
-    check_transport_args(transport_ratio, gamma)
     if costs.dim() != 3 or costs.shape[1] == 0 or costs.shape[2] == 0:
-        raise ValueError(f"costs must have shape (B, K, N) with K, N >= 1, got {tuple(costs.shape)}")
+        raise ValueError(f"costs must have shape (B, K, N) with K, N >= 1, got {list(costs.shape)}")
     compute_dtype = torch.float64 if costs.dtype == torch.float64 else torch.float32
+    if torch.jit.is_scripting():
+        return _transport(costs.to(compute_dtype), transport_ratio, gamma)
+    check_gsp_args(transport_ratio=transport_ratio, gamma=gamma)
     with torch.autocast(device_type=costs.device.type, enabled=False):
-        logits = costs.to(compute_dtype) * (-float(gamma))  # (B, K, N)
-        assignment = torch.softmax(logits, dim=1)  # (B, K, N): softmax_i(-gamma c_ij)
-        num_features = costs.shape[2]
-        if transport_ratio >= 1.0:
-            # mu = 1 transports everything: every feature keeps weight 1/n, i.e. GAP.
-            weights = logits.new_full((costs.shape[0], num_features), 1.0 / num_features)
-        else:
-            closeness = torch.logsumexp(logits, dim=1)  # (B, N)
-            # The solution is shift invariant in l; centring keeps t + l_j small and precise.
-            closeness = closeness - closeness.detach().amax(dim=1, keepdim=True)
-            t_star = solve_threshold(closeness.detach(), transport_ratio)
-            # One Newton step replayed with gradient: its derivative is the implicit dt/dl, and
-            # only its gradient is kept (value exactly t*), so a flat g cannot blow up the value.
-            s_star = torch.sigmoid(t_star + closeness)
-            slope = (s_star * (1.0 - s_star)).mean(dim=1, keepdim=True).detach().clamp_min(1e-30)
-            newton_step = -(s_star.mean(dim=1, keepdim=True) - transport_ratio) / slope
-            selected = torch.sigmoid(t_star + (newton_step - newton_step.detach()) + closeness)
-            # sum_j s_j = n * mu at the root; dividing by the sum instead removes the solver's
-            # residual from the weights, and its gradient is zero there (implicit t).
-            weights = selected / selected.sum(dim=1, keepdim=True)
-        attributes = torch.einsum("bn,bkn->bk", weights, assignment)
-    return TransportPlan(weights, attributes)
+        return _transport(costs.to(compute_dtype), float(transport_ratio), float(gamma))

@@ -14,12 +14,12 @@ from .factory import DATASETS, build_dataset, evaluation_splits
 from .images import CorruptImageError, DatasetLayoutError, find_unreadable_images, load_rgb
 from .sampler import MPerClassBatchSampler
 from .splits import carve_validation, split_classes
-from .transforms import COLLAGE_TRANSFORM_OVERRIDES, build_transforms, resolve_input_config
+from .transforms import Augmentation, build_eval_transform, build_train_transform, build_transforms, resolve_input_config
 
 __all__ = [
-    "CUB200", "COLLAGE_TRANSFORM_OVERRIDES", "Cars196", "CollageConfig", "CollageDataset", "CorruptImageError",
+    "Augmentation", "CUB200", "Cars196", "CollageConfig", "CollageDataset", "CorruptImageError",
     "DATASETS", "DatasetLayoutError", "FolderDataset", "ImageFileDataset", "InShop", "MPerClassBatchSampler",
-    "RetrievalDataset", "StanfordOnlineProducts", "build_dataset", "build_transforms", "carve_validation",
+    "RetrievalDataset", "StanfordOnlineProducts", "build_dataset", "build_eval_transform", "build_train_transform", "build_transforms", "carve_validation",
     "default_cache_root", "ensure_collage", "evaluation_splits", "find_unreadable_images", "generate_collage",
     "load_rgb", "resolve_input_config", "split_classes",
 ]

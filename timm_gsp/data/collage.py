@@ -30,7 +30,7 @@ from PIL import Image
 
 from .base import RetrievalDataset, Transform
 from .collage_render import make_distractor_pool, make_glyph, render_images
-from .images import PathLike
+from ..utils import PathLike
 
 __all__ = ["CollageConfig", "CollageDataset", "default_cache_root", "ensure_collage", "generate_collage"]
 

@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
 from .base import ImageFileDataset, Transform
-from .images import DatasetLayoutError, PathLike, is_image_file
+from ..errors import DatasetLayoutError
+from ..utils import PathLike
+from .images import is_image_file
 from .layout import find_layout_root
 
 __all__ = ["CUB200", "Cars196", "StanfordOnlineProducts", "InShop", "FolderDataset"]

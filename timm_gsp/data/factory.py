@@ -6,7 +6,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from .base import RetrievalDataset, Transform
 from .collage import CollageDataset
 from .datasets import CUB200, Cars196, FolderDataset, InShop, StanfordOnlineProducts
-from .images import PathLike
+from ..utils import PathLike
 from .splits import carve_validation
 
 __all__ = ["DATASETS", "build_dataset", "evaluation_splits"]

@@ -10,9 +10,12 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 from PIL import Image, ImageFile
+
+from ..errors import CorruptImageError, DatasetLayoutError
+from ..utils import PathLike
 
 __all__ = [
     "CorruptImageError",
@@ -23,28 +26,10 @@ __all__ = [
     "load_rgb",
 ]
 
-PathLike = Union[str, os.PathLike]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 _warned_truncated_flag = False
-
-
-class DatasetLayoutError(FileNotFoundError):
-    """The dataset root, an index file or an image is missing, or the folder is not in the
-    expected layout. The message names the exact path and the layout that was expected.
-
-    A ``FileNotFoundError`` so callers that already catch that keep working; constructible from a
-    single message string so ``DataLoader`` workers can re-raise it in the main process.
-    """
-
-
-class CorruptImageError(OSError):
-    """An image file exists but cannot be fully decoded (corrupt, truncated, not an image).
-
-    ``OSError`` subclass (Pillow raises ``OSError`` for truncated files); single-string
-    constructor for the same ``DataLoader`` re-raise reason as :class:`DatasetLayoutError`.
-    """
 
 
 def _check_truncated_flag() -> None:

@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .images import DatasetLayoutError, PathLike
+from ..errors import DatasetLayoutError
+from ..utils import PathLike
 
 __all__ = ["find_layout_root", "suggest_roots"]
 
