@@ -1,0 +1,116 @@
+"""``results.json``: what a training (or evaluation) run measured, in one format owned by the library.
+
+Written by ``examples/train.py`` and ``timm-gsp eval --output``; read by ``timm-gsp export`` and the
+model card. It names the model by its ``RetrievalModelConfig`` (never by a script's argument names);
+``recipe`` is the run's full set of settings, kept for people (the card prints it as a table).
+
+    {"format": "timm-gsp/results/1", "model": {...}, "metrics": {"precision_at_1": 0.31, ...},
+     "dataset": "folder", "dataset_root": "/abs/path", "eval_split": "test", "checkpoint": "checkpoint-best", "best_epoch": 12,
+     "epochs": 20, "recipe": {...}, "world_size": 1, "wall_time_s": 93.1, "timm_gsp_version": "0.2.0"}
+
+Metrics that could not be computed (no query with a same-class gallery item) are ``null``, never NaN:
+JSON has no NaN.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+from .errors import ConfigError
+from .model_config import RetrievalModelConfig
+from .utils import PathLike
+
+__all__ = ["RESULTS_FORMAT", "RunResults", "read_results", "write_json_atomic"]
+
+RESULTS_FORMAT = "timm-gsp/results/1"
+
+
+@dataclass
+class RunResults:
+    """The content of ``results.json`` (see the module docstring)."""
+
+    model: Optional[RetrievalModelConfig] = None
+    metrics: Dict[str, Optional[float]] = field(default_factory=dict)
+    dataset: Optional[str] = None
+    dataset_root: Optional[str] = None
+    eval_split: Optional[str] = None
+    checkpoint: Optional[str] = None
+    best_epoch: Optional[int] = None
+    epochs: Optional[int] = None
+    recipe: Dict[str, Any] = field(default_factory=dict)
+    world_size: int = 1
+    wall_time_s: Optional[float] = None
+    timm_gsp_version: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        metrics = {}
+        for key, value in dict(self.metrics or {}).items():
+            if value is None:
+                metrics[key] = None
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"metric {key!r} must be a number or null, got {value!r}")
+            metrics[key] = float(value) if math.isfinite(value) else None
+        self.metrics = metrics
+
+    @property
+    def finite_metrics(self) -> Dict[str, float]:
+        return {k: v for k, v in self.metrics.items() if v is not None}
+
+    def to_dict(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"format": RESULTS_FORMAT}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.to_dict() if isinstance(value, RetrievalModelConfig) else value
+        return out
+
+    def write(self, path: PathLike) -> Path:
+        """Write atomically (a reader never sees half a file)."""
+        return write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "results") -> "RunResults":
+        if not isinstance(values, Mapping) or values.get("format") != RESULTS_FORMAT:
+            found = values.get("format") if isinstance(values, Mapping) else type(values).__name__
+            raise ConfigError(f"{source} is not a timm-gsp results file (format {found!r}, expected {RESULTS_FORMAT!r})")
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in values.items() if k in known}
+        if kwargs.get("model") is not None:
+            kwargs["model"] = RetrievalModelConfig.from_dict(kwargs["model"], f"{source} (model)")
+        return cls(**kwargs)
+
+
+def read_results(path: PathLike) -> RunResults:
+    """Read a ``results.json``; a missing, unreadable or foreign file is a ``ConfigError`` naming it."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"results file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ConfigError(f"cannot read results file {path}: {error}") from None
+    return RunResults.from_dict(values, str(path))
+
+
+def write_json_atomic(path: PathLike, value: Any) -> Path:
+    """JSON (NaN refused) written to a temporary sibling, fsynced and renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(value, indent=2, allow_nan=False)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
