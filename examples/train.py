@@ -1,23 +1,37 @@
 #!/usr/bin/env python
 """Fine-tune any timm model with Generalized Sum Pooling (or GAP) for deep metric learning.
 
-    python examples/train.py                                            # embedded collage data
-    python examples/train.py --recipe cub --data-dir /data/CUB_200_2011 # a paper benchmark
+    python examples/train.py                                              # embedded collage data
+    python examples/train.py --dataset folder --data-dir my_images/      # your photos: recipe 'folder'
+    python examples/train.py --dataset folder --data-dir my_images/ --recipe folder-scratch   # no pretrained weights
+    python examples/train.py --recipe cub --data-dir /data/CUB_200_2011  # a paper benchmark
     torchrun --nproc_per_node 8 examples/train.py --recipe sop --data-dir /data/Stanford_Online_Products
 
-Every run writes to ``--output``: ``metrics.jsonl`` (one line per evaluation), ``metrics.png``,
-``checkpoint/`` (safetensors, atomic, resumable with ``--resume``), ``results.json`` (final test
-metrics + the full configuration) and, for GSP, ``gsp_weights.png`` (pooling weights over test
-images). Recipes live in ``examples/recipes/*.yaml``; command-line flags override them.
+A recipe (``examples/recipes/<name>.yaml``, or any YAML file) sets every option; flags override it.
+Without ``--recipe`` the dataset picks it: ``folder`` -> ``folder``, ``cub`` -> ``cub``, ...; no
+dataset at all -> ``collage``. The run prints its recipe, learning rates and transforms at start.
+
+Every run writes to ``--output`` (refused if it already holds a run: ``--resume`` continues it,
+``--overwrite`` replaces it): ``metrics.jsonl`` (one line per epoch), ``metrics.png``,
+``checkpoint/`` (the last epoch; safetensors, atomic, resumable), with ``--val-fraction`` also
+``checkpoint-best/`` (the epoch with the best MAP@R on the validation classes), ``results.json``
+(metrics, the model description, the recipe) and, for GSP, ``gsp_weights.png``.
+
+``--resume`` continues exactly where the run stopped. Settings that define the model, the data or the
+optimisation must be those of the checkpoint; these may change: ``--epochs`` (the cosine schedule is
+stretched to the new length), ``--eval-every``, ``--workers``, ``--cache-images``, ``--data-dir``,
+``--no-progress``, ``--stop-after-epoch``.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,21 +40,30 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
-import yaml
-from pytorch_metric_learning import losses as pml_losses
-from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
+
+try:
+    import matplotlib  # noqa: F401 (checked now: the plots are drawn at the end of the run)
+    import yaml
+    from pytorch_metric_learning import losses as pml_losses
+    from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
+except ImportError as missing:  # the training extras are not part of the core install
+    sys.exit(f"train.py: error: {missing.name} is missing; the training script needs: pip install 'timm-gsp[train]'")
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import timm_gsp
+from timm_gsp import RetrievalModelConfig, TimmGSPError
 from timm_gsp.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from timm_gsp.data import (Augmentation, MPerClassBatchSampler, build_dataset, build_eval_transform,
                            build_train_transform, carve_validation, evaluation_splits, resolve_input_config)
+from timm_gsp.errors import ConfigError, OutputExistsError
 from timm_gsp.evaluate import evaluate_retrieval
 from timm_gsp.losses import GSPMetricLoss
+from timm_gsp.run_results import RunResults, write_json_atomic
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
+DEFAULT_RECIPE = "collage"
 METRIC_LOSSES = {
     "contrastive": lambda n, d: pml_losses.ContrastiveLoss(pos_margin=0.0, neg_margin=0.5),
     "triplet": lambda n, d: pml_losses.TripletMarginLoss(margin=0.1),
@@ -49,34 +72,59 @@ METRIC_LOSSES = {
     "proxynca": lambda n, d: pml_losses.ProxyNCALoss(n, d, softmax_scale=1),
     "normsoftmax": lambda n, d: pml_losses.NormalizedSoftmaxLoss(n, d, temperature=0.05),
 }
+POOLS = {"gsp": "gsp", "gap": "avg", "max": "max"}  # --pool -> the timm / timm-gsp pool
+SELECTION_METRIC = "map_at_r"  # what checkpoint-best maximises on the validation classes
+# Settings that may differ between a run and its --resume (everything else must match the checkpoint).
+RESUMABLE = frozenset({"epochs", "eval_every", "workers", "cache_images", "data_dir", "no_progress",
+                       "stop_after_epoch", "resume", "overwrite", "output", "debug"})
+RUN_FILES = ("results.json", "metrics.jsonl", "metrics.png", "gsp_weights.png", "checkpoint", "checkpoint-best")
+
+
+class ParseKwargs(argparse.Action):
+    """``KEY=VALUE ...`` -> dict, values read as Python literals when they are (timm train.py's --model-kwargs)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        kwargs = {}
+        for item in values:
+            key, sep, value = item.partition("=")
+            if not sep:
+                parser.error(f"{option_string} expects KEY=VALUE items, got {item!r}")
+            try:
+                kwargs[key] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                kwargs[key] = value
+        setattr(namespace, self.dest, kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", default="collage",
-                        help="a name in examples/recipes (collage, cub, cars, sop, inshop) or a YAML file")
+    parser = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default=None,
+                        help="a name in examples/recipes (collage, folder, folder-scratch, cub, cars, sop, inshop) or a "
+                             "YAML file; default: the dataset's recipe (collage without a dataset)")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=["cub", "cars", "sop", "inshop", "folder", "collage"])
     data.add_argument("--data-dir", default=None, help="dataset root (collage: cache folder, default ~/.cache/timm_gsp)")
     data.add_argument("--val-fraction", type=float, default=0.0,
-                      help="hold out this share of TRAIN classes and evaluate on it instead of the test classes")
+                      help="hold out this share of TRAIN classes, evaluate on them and keep the best epoch (checkpoint-best/)")
     data.add_argument("--train-fraction", type=float, default=None, help="folder dataset: share of classes for training")
     data.add_argument("--img-size", type=int, default=None, help="input size (default: the model's)")
     data.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (counted) instead of failing")
-    data.add_argument("--workers", type=int, default=2)
+    data.add_argument("--workers", type=int, default=None, help="data-loading processes (default: min(4, CPU cores))")
+    data.add_argument("--cache-images", action="store_true", help="decode every image once into memory (small datasets)")
     model = parser.add_argument_group("model")
     model.add_argument("--model", help="any timm model name")
-    model.add_argument("--pretrained", action="store_true", help="start from the backbone's pretrained weights")
-    model.add_argument("--pool", choices=["gsp", "gap", "max"], default="gsp")
+    model.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=False,
+                       help="start from the backbone's pretrained weights")
+    model.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="KEY=VALUE",
+                       help="extra timm.create_model arguments, e.g. output_stride=8 img_size=96")
+    model.add_argument("--pool", choices=sorted(POOLS), default="gsp")
     model.add_argument("--embed-dim", type=int, default=512)
-    model.add_argument("--num-prototypes", type=int, default=64)
-    model.add_argument("--transport-ratio", type=float, default=0.3)
-    model.add_argument("--gamma", type=float, default=5.0)
+    model.add_argument("--num-prototypes", type=int, default=timm_gsp.GSP_DEFAULTS["num_prototypes"])
+    model.add_argument("--transport-ratio", type=float, default=timm_gsp.GSP_DEFAULTS["transport_ratio"])
+    model.add_argument("--gamma", type=float, default=timm_gsp.GSP_DEFAULTS["gamma"])
     model.add_argument("--prototype-init", choices=["random", "kcenter"], default="kcenter",
                        help="kcenter: greedy farthest-point init from local features of training images")
     model.add_argument("--drop-path", type=float, default=None)
-    model.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="KEY=VALUE",
-                       help="extra timm.create_model arguments, e.g. output_stride=8")
     aug = parser.add_argument_group("augmentation and evaluation transform (timm train.py's names and meanings)")
     aug.add_argument("--scale", type=float, nargs=2, default=[0.08, 1.0], metavar="PCT", help="RandomResizedCrop area range")
     aug.add_argument("--ratio", type=float, nargs=2, default=[3 / 4, 4 / 3], metavar="RATIO", help="RandomResizedCrop aspect range")
@@ -111,54 +159,78 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--output", default="output/train")
     run.add_argument("--resume", nargs="?", const="auto", default=None,
-                     help="continue from a checkpoint folder (default: OUTPUT/checkpoint)")
+                     help="continue the run in --output (or from the given checkpoint folder)")
+    run.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
     run.add_argument("--stop-after-epoch", type=int, default=None,
                      help="end this process after that epoch, checkpoint kept (time-boxed jobs, tests)")
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return parser
 
 
-class ParseKwargs(argparse.Action):
-    """``KEY=VALUE ...`` -> dict, values read as Python literals when they are (timm train.py's --model-kwargs)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        import ast
-        kwargs = {}
-        for item in values:
-            key, sep, value = item.partition("=")
-            if not sep:
-                parser.error(f"{option_string} expects KEY=VALUE items, got {item!r}")
-            try:
-                kwargs[key] = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                kwargs[key] = value
-        setattr(namespace, self.dest, kwargs)
+def recipe_path(name: str) -> Path:
+    path = Path(name)
+    return path if path.suffix else RECIPES / f"{name}.yaml"
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    """Flags > recipe YAML > parser defaults."""
+    """Flags > recipe YAML > parser defaults; the recipe defaults to the dataset's."""
     parser = build_parser()
     known, _ = parser.parse_known_args(argv)
-    recipe_path = Path(known.recipe)
-    if not recipe_path.suffix:
-        recipe_path = RECIPES / f"{known.recipe}.yaml"
-    if not recipe_path.is_file():
-        parser.error(f"recipe {known.recipe!r} not found (looked for {recipe_path})")
-    with open(recipe_path) as f:
-        recipe = yaml.safe_load(f) or {}
+    name = known.recipe or (known.dataset if known.dataset and recipe_path(known.dataset).is_file() else None) \
+        or (DEFAULT_RECIPE if known.dataset in (None, DEFAULT_RECIPE) else None)
+    if name is None:
+        parser.error(f"no recipe for --dataset {known.dataset}: pass --recipe (one of "
+                     f"{', '.join(sorted(p.stem for p in RECIPES.glob('*.yaml')))}, or a YAML file)")
+    path = recipe_path(name)
+    if not path.is_file():
+        parser.error(f"recipe {name!r} not found (looked for {path}); --recipe takes one of "
+                     f"{', '.join(sorted(p.stem for p in RECIPES.glob('*.yaml')))} or a YAML file")
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        parser.error(f"recipe {path} is not valid YAML: {str(error).splitlines()[0]}")
     unknown = sorted(set(recipe) - {a.dest for a in parser._actions})
     if unknown:
-        parser.error(f"recipe {recipe_path} has unknown keys: {', '.join(unknown)}")
+        parser.error(f"recipe {path} has unknown keys: {', '.join(unknown)}")
     parser.set_defaults(**recipe)
     args = parser.parse_args(argv)
+    args.recipe = name
+    check_args(parser, args)
+    for key in ("backbone_lr", "prototype_lr", "loss_lr"):
+        if getattr(args, key) is None:
+            setattr(args, key, args.lr)
+    if args.workers is None:
+        args.workers = min(4, os.cpu_count() or 1)
+    return args
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Settings that cannot work, named with the flag that fixes them (argparse: one line, exit 2)."""
     if args.dataset is None or args.model is None:
         parser.error("--dataset and --model are required (or a recipe that sets them)")
-    if args.batch_size % args.m_per_class:
-        parser.error(f"--batch-size {args.batch_size} must be a multiple of --m-per-class {args.m_per_class}")
-    for name in ("backbone_lr", "prototype_lr", "loss_lr"):
-        if getattr(args, name) is None:
-            setattr(args, name, args.lr)
-    return args
+    if args.batch_size < 1 or args.m_per_class < 1 or args.batch_size % args.m_per_class:
+        parser.error(f"--batch-size {args.batch_size} must be a positive multiple of --m-per-class {args.m_per_class}")
+    if args.pool == "gsp" and args.zsr_weight > 0 and args.m_per_class < 2:
+        parser.error(f"the zero-shot regulariser fits on one half of each batch and predicts the other, so every class "
+                     f"needs >= 2 images per batch: raise --m-per-class ({args.m_per_class}) or pass --zsr-weight 0")
+    if not 0.0 <= args.zsr_weight <= 1.0:
+        parser.error(f"--zsr-weight must be in [0, 1], got {args.zsr_weight}")
+    if not 0.0 <= args.val_fraction < 1.0:
+        parser.error(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    for flag in ("epochs", "eval_every", "embed_dim", "num_prototypes"):
+        if getattr(args, flag) < (0 if flag == "embed_dim" else 1):
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.workers is not None and args.workers < 0:
+        parser.error(f"--workers must be >= 0, got {args.workers}")
+    if args.resume and args.overwrite:
+        parser.error("--resume continues the run in --output and --overwrite replaces it: pass one of them")
+    try:
+        Augmentation(scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip,
+                     color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob)
+        timm_gsp.format_gsp_spec(args.num_prototypes, args.transport_ratio, args.gamma)
+    except ValueError as error:
+        parser.error(str(error))
 
 
 class Distributed:
@@ -184,6 +256,10 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
     def all_gather_object(self, value: Any) -> List[Any]:
         if not self.enabled:
             return [value]
@@ -200,7 +276,7 @@ class Distributed:
                     p.grad /= self.world_size
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
 
@@ -218,9 +294,59 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# --- the run folder ------------------------------------------------------------------------------
+
+def prepare_output(args: argparse.Namespace, env: Distributed) -> Path:
+    """The output folder, refusing to replace a run unless --resume or --overwrite says so."""
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise OutputExistsError(f"--output {output} is a file, not a folder: choose another --output")
+    existing = sorted(p.name for p in output.iterdir()) if output.is_dir() else []
+    ours = [name for name in existing if name in RUN_FILES or name.startswith(".checkpoint")]
+    if args.resume:
+        return output
+    if existing and not args.overwrite:
+        what = ", ".join(ours) if ours else f"{len(existing)} other files"
+        raise OutputExistsError(f"--output {output} already holds a run ({what}): pass --resume to continue it, "
+                                f"--overwrite to replace it, or choose another --output")
+    if env.is_main:
+        for name in ours:  # --overwrite replaces our files; anything else in the folder is the user's
+            target = output / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        output.mkdir(parents=True, exist_ok=True)
+    env.barrier()
+    return output
+
+
+def check_resume_settings(args: argparse.Namespace, saved: Dict[str, Any], source: Path) -> None:
+    """Refuse a --resume whose model / data / optimisation settings differ from the checkpoint's."""
+    current = json.loads(json.dumps(vars(args)))  # lists for tuples, as stored
+    changed = [f"--{key.replace('_', '-')}: {saved[key]!r} in the checkpoint, {current.get(key)!r} now"
+               for key in sorted(saved) if key not in RESUMABLE and saved[key] != current.get(key)]
+    if changed:
+        raise ConfigError(f"--resume from {source} with other settings than the run's: " + "; ".join(changed)
+                          + f". Resume with the run's settings (only {', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE - {'resume', 'overwrite', 'output', 'debug'}))} may change), "
+                          "or start a new run with --output")
+
+
+# --- data, model, loss, optimiser ----------------------------------------------------------------
+
+def check_eval_split(splits: Dict[str, Any]) -> None:
+    """Retrieval metrics need, for some query, another item of its class in the gallery."""
+    if set(splits) == {"query", "gallery"}:
+        usable = bool(set(splits["query"].labels.tolist()) & set(splits["gallery"].labels.tolist()))
+    else:
+        (split,) = splits.values()
+        usable = bool((torch.bincount(split.labels) >= 2).any()) if len(split) else False
+    if not usable:
+        name = "+".join(f"{s.name}/{s.split}" for s in splits.values())
+        raise ConfigError(f"{name}: no class has two or more images to retrieve each other, so retrieval metrics are "
+                          "undefined; add images, or change --train-fraction / --val-fraction")
+
+
 def build_data(args, model, env: Distributed):
-    """Train loader (m-per-class batches, sharded over ranks), the evaluation split(s) and their
-    data config (input size, mean, std, crop: what an exported model must publish)."""
+    """Train loader (m-per-class batches, sharded over ranks), the evaluation split(s), their data config
+    (input size, mean, std, crop: what an exported model publishes) and the two transforms."""
     # The preprocessing the metrics are measured with: what an exported model must publish.
     eval_data_config = resolve_input_config(model, args.img_size, crop_pct=args.crop_pct, interpolation=args.interpolation)
     augmentation = Augmentation(scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip,
@@ -233,11 +359,11 @@ def build_data(args, model, env: Distributed):
     if args.train_fraction is not None:
         extra["train_fraction"] = args.train_fraction
     # Build the cached collage once, on the main process, before the others read it.
-    if env.enabled and not env.is_main:
-        dist.barrier()
+    if not env.is_main:
+        env.barrier()
     train_set = build_dataset(args.dataset, args.data_dir, "train", train_tf, **extra)
-    if env.enabled and env.is_main:
-        dist.barrier()
+    if env.is_main:
+        env.barrier()
     if args.val_fraction:  # both halves from the one training split read above
         val_set = carve_validation(train_set, "val", args.val_fraction, args.seed)
         val_set.transform = eval_tf  # select_classes returned a copy: the train half keeps train_tf
@@ -245,26 +371,45 @@ def build_data(args, model, env: Distributed):
         eval_splits = {"val": val_set}
     else:
         eval_splits = {s: build_dataset(args.dataset, args.data_dir, s, eval_tf, **extra) for s in evaluation_splits(args.dataset)}
+    check_eval_split(eval_splits)
+    if args.cache_images:
+        from timm_gsp.data.cache import cache_images
+        train_set = cache_images(train_set)
+        eval_splits = {name: cache_images(split) for name, split in eval_splits.items()}
+    classes_per_batch = args.batch_size // args.m_per_class
+    if train_set.num_classes < classes_per_batch:
+        raise ConfigError(f"--batch-size {args.batch_size} / --m-per-class {args.m_per_class} = {classes_per_batch} classes "
+                          f"per batch, but the training split has {train_set.num_classes}: lower --batch-size")
     sampler = MPerClassBatchSampler(train_set.labels, args.m_per_class, args.batch_size,
                                     num_batches=max(len(train_set) // (args.batch_size * env.world_size), 1) * env.world_size,
                                     num_replicas=env.world_size, rank=env.rank, seed=args.seed)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers,
-                        pin_memory=env.device.type == "cuda", persistent_workers=False)
-    return train_set, loader, sampler, eval_splits, eval_data_config
+                        pin_memory=env.device.type == "cuda", persistent_workers=args.workers > 0)
+    return train_set, loader, sampler, eval_splits, eval_data_config, (train_tf, eval_tf)
+
+
+def model_description(args, data_config: Optional[Dict[str, Any]] = None) -> RetrievalModelConfig:
+    kwargs = dict(args.model_kwargs)
+    if args.drop_path is not None:
+        kwargs["drop_path_rate"] = args.drop_path
+    pool = timm_gsp.factory.pool_spec(POOLS[args.pool], args.num_prototypes, args.transport_ratio, args.gamma)
+    return RetrievalModelConfig(args.model, embed_dim=args.embed_dim, pool=pool, model_kwargs=kwargs,
+                                data_config=data_config or {})
 
 
 def build_model(args, env: Distributed) -> torch.nn.Module:
-    kwargs: Dict[str, Any] = dict(args.model_kwargs)
-    if args.drop_path is not None:
-        kwargs["drop_path_rate"] = args.drop_path
-    pool = {"gap": "avg", "max": "max", "gsp": "gsp"}[args.pool]
-    model = timm_gsp.create_model(args.model, pretrained=args.pretrained, embed_dim=args.embed_dim, pool=pool,
-                                  num_prototypes=args.num_prototypes, transport_ratio=args.transport_ratio,
-                                  gamma=args.gamma, **kwargs)
+    try:
+        model = model_description(args).build(pretrained=args.pretrained)
+    except (OSError, ConnectionError) as error:
+        if not args.pretrained:
+            raise
+        raise ConfigError(f"cannot load the pretrained weights of {args.model} ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0] if str(error) else 'no network?'}); on a machine without network "
+                          f"train from scratch: --recipe folder-scratch (or --no-pretrained)") from error
     return model.to(env.device)
 
 
-def init_prototypes(model, train_set, env: Distributed, seed: int, num_images: int = 64) -> None:
+def init_prototypes(model, train_set, env: Distributed, seed: int, args, num_images: int = 64) -> None:
     """k-center over the local features of evenly spaced training images (the same on every rank)."""
     if not timm_gsp.gsp_modules(model):
         return
@@ -272,7 +417,12 @@ def init_prototypes(model, train_set, env: Distributed, seed: int, num_images: i
     step = max(len(train_set) // num_images, 1)
     images = torch.stack([train_set[i][0] for i in range(0, len(train_set), step)][:num_images])
     torch.set_rng_state(rng)
-    timm_gsp.init_prototypes_kcenter(model, images.to(env.device), seed=seed)
+    try:
+        timm_gsp.init_prototypes_kcenter(model, images.to(env.device), seed=seed)
+    except ValueError as error:
+        raise ConfigError(f"{error}: the local features of {len(images)} training images at this input size are "
+                          f"fewer than --num-prototypes {args.num_prototypes}; lower --num-prototypes, raise --img-size, "
+                          f"or pass --prototype-init random") from None
 
 
 def build_criterion(args, model, num_classes: int, env: Distributed) -> torch.nn.Module:
@@ -316,12 +466,34 @@ def build_scheduler(args, optimizer, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def describe_run(args, optimizer, transforms, train_set, eval_splits) -> str:
+    """What the run is about to do, for the first lines of its log."""
+    lrs = ", ".join(f"{g['name']} {g['lr']:g}" for g in optimizer.param_groups)
+    pool = timm_gsp.factory.pool_spec(POOLS[args.pool], args.num_prototypes, args.transport_ratio, args.gamma)
+    zsr = f" + ZSR {args.zsr_weight:g}" if args.pool == "gsp" and args.zsr_weight else ""
+    evals = ", ".join(f"{name} {len(s)} images / {s.num_classes} classes" for name, s in eval_splits.items())
+    train_tf, eval_tf = transforms
+    steps = lambda tf: " -> ".join(" ".join(repr(t).split()) for t in getattr(tf, "transforms", [tf]))  # noqa: E731
+    return "\n".join([
+        f"recipe {args.recipe} ({recipe_path(args.recipe)})",
+        f"model {args.model}{' (pretrained)' if args.pretrained else ' (from scratch)'} {dict(args.model_kwargs) or ''}, "
+        f"pool {pool}, embedding {args.embed_dim}",
+        f"data {args.dataset} {args.data_dir or ''}: train {len(train_set)} images / {train_set.num_classes} classes; eval {evals}",
+        f"loss {args.loss}{zsr}; {args.opt} learning rates: {lrs}; weight decay {args.weight_decay:g}; "
+        f"{args.epochs} epochs, batch {args.batch_size} ({args.batch_size // args.m_per_class} classes x {args.m_per_class})",
+        f"train transform: {steps(train_tf)}",
+        f"eval transform: {steps(eval_tf)}",
+    ])
+
+
+# --- pictures ---------------------------------------------------------------------------------------
+
 def plot_metrics(history: List[Dict[str, Any]], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    evals = [h for h in history if "map_at_r" in h]
+    evals = [h for h in history if h.get(SELECTION_METRIC) is not None]
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot([h["epoch"] for h in history], [h["train_loss"] for h in history], marker="o")
     ax_loss.set(xlabel="epoch", ylabel="train loss", title="training loss")
@@ -335,7 +507,7 @@ def plot_metrics(history: List[Dict[str, Any]], path: Path) -> None:
 
 
 def save_weight_maps(model, eval_set, path: Path, count: int = 8) -> None:
-    """One PNG row: GSP pooling weights over ``count`` evenly spaced held-out images."""
+    """One PNG: GSP's selection over ``count`` evenly spaced held-out images."""
     from PIL import Image
 
     from timm_gsp import viz
@@ -345,33 +517,44 @@ def save_weight_maps(model, eval_set, path: Path, count: int = 8) -> None:
     config = resolve_input_config(model)
     maps = viz.pooling_maps(model, images)
     shown = viz.denormalize(images.float().cpu(), config["mean"], config["std"])
-    tiles = [viz.overlay(shown[i], maps.weights[i].cpu()).resize((128, 128), Image.NEAREST) for i in range(len(images))]
+    tiles = [viz.overlay(shown[i], maps.selection[i].cpu()).resize((128, 128), Image.NEAREST) for i in range(len(images))]
     grid = Image.new("RGB", (128 * len(tiles), 128))
     for i, tile in enumerate(tiles):
         grid.paste(tile, (128 * i, 0))
     grid.save(path)
 
 
+# --- training -----------------------------------------------------------------------------------------
+
 def train(args: argparse.Namespace) -> Dict[str, Any]:
     env = Distributed()
-    output = Path(args.output)
-    if env.is_main:
-        output.mkdir(parents=True, exist_ok=True)
+    try:
+        return _train(args, env)
+    finally:
+        env.close()
+
+
+def _train(args: argparse.Namespace, env: Distributed) -> Dict[str, Any]:
+    output = prepare_output(args, env)
+    resume = None
+    if args.resume:
+        resume = (output / "checkpoint") if args.resume == "auto" else Path(args.resume)
+        model_state, state = load_checkpoint(resume, map_location=str(env.device))
+        check_resume_settings(args, state["config"], resume)
     seed_everything(args.seed)
     started = time.time()
     model = build_model(args, env)
-    train_set, loader, sampler, eval_splits, eval_data_config = build_data(args, model, env)
+    train_set, loader, sampler, eval_splits, eval_data_config, transforms = build_data(args, model, env)
+    description = model_description(args, eval_data_config)
     criterion = build_criterion(args, model, train_set.num_classes, env)
     optimizer = build_optimizer(args, model, criterion)
     scheduler = build_scheduler(args, optimizer, len(sampler))
     dtype = amp_dtype(args.amp, env.device)
     scaler = torch.amp.GradScaler(env.device.type, enabled=dtype == torch.float16)
     history: List[Dict[str, Any]] = []
-    start_epoch = 0
+    start_epoch, best = 0, {"epoch": None, "metrics": None}
 
-    resume = (output / "checkpoint") if args.resume == "auto" else (Path(args.resume) if args.resume else None)
     if resume is not None:
-        model_state, state = load_checkpoint(resume, map_location=str(env.device))
         model.load_state_dict(model_state)
         criterion.load_state_dict(state["criterion"])
         optimizer.load_state_dict(state["optimizer"])
@@ -379,16 +562,19 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
         scaler.load_state_dict(state["scaler"])
         sampler.load_state_dict(state["sampler"])
         restore_rng_state(state["rng"][env.rank])
-        start_epoch, history = state["epoch"] + 1, state["history"]
-        if env.is_main:
-            print(f"resumed from {resume} at epoch {start_epoch}")
+        start_epoch, history, best = state["epoch"] + 1, state["history"], state.get("best", best)
     elif args.pool == "gsp" and args.prototype_init == "kcenter":
-        init_prototypes(model, train_set, env, args.seed)
+        init_prototypes(model, train_set, env, args.seed, args)
+    if env.is_main:
+        print(describe_run(args, optimizer, transforms, train_set, eval_splits), flush=True)
+        if resume is not None:
+            print(f"resumed from {resume} at epoch {start_epoch + 1}", flush=True)
 
     net = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None) if env.enabled else model
     autocast = lambda: torch.autocast(env.device.type, dtype=dtype) if dtype else contextlib.nullcontext()  # noqa: E731
     eval_kwargs = dict(batch_size=args.batch_size, num_workers=args.workers, device=env.device, amp_dtype=dtype,
                        progress=not args.no_progress)
+    clipped = [p for g in optimizer.param_groups for p in g["params"]]
     metrics: Dict[str, float] = {}
     for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
@@ -405,70 +591,86 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
             env.average_gradients(criterion.parameters())
             if args.clip_grad:
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], args.clip_grad)
+                torch.nn.utils.clip_grad_norm_(clipped, args.clip_grad)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        record: Dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan")}
+        record: Dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None}
+        improved = False
         if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
             metrics = evaluate_retrieval(model, eval_splits, **eval_kwargs)
-            record.update(metrics)
+            record.update({k: (v if math.isfinite(v) else None) for k, v in metrics.items()})
+            score = record.get(SELECTION_METRIC)
+            improved = args.val_fraction > 0 and score is not None and (best["metrics"] is None or score > best["metrics"][SELECTION_METRIC])
+            if improved:
+                best = {"epoch": epoch + 1, "metrics": {k: v for k, v in record.items() if k not in ("epoch", "train_loss")}}
         history.append(record)
         rng_states = env.all_gather_object(rng_state())
         if env.is_main:
-            with open(output / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-            save_checkpoint(output / "checkpoint", model.state_dict(), {
-                "epoch": epoch, "criterion": criterion.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "sampler": sampler.state_dict(), "rng": rng_states, "history": history, "config": vars(args),
-            })
+            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()), flush=True)
+            state = {"epoch": epoch, "criterion": criterion.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "sampler": sampler.state_dict(),
+                     "rng": rng_states, "history": history, "best": best, "config": vars(args)}
+            save_checkpoint(output / "checkpoint", model.state_dict(), state, model_config=description)
+            if improved:
+                save_checkpoint(output / "checkpoint-best", model.state_dict(), {"epoch": epoch, "best": best, "config": vars(args)},
+                                model_config=description)
+            # Written from the checkpoint's history, after it: a resumed run never logs an epoch twice.
+            write_lines(output / "metrics.jsonl", [json.dumps(h, allow_nan=False) for h in history])
         if args.stop_after_epoch is not None and epoch + 1 >= args.stop_after_epoch and epoch + 1 < args.epochs:
-            env.close()
             return {"stopped_after_epoch": epoch + 1}
 
-    if not metrics:  # resumed after the last epoch: evaluate the final weights
+    if not metrics and not best["metrics"]:  # resumed after the last epoch: evaluate the final weights
         metrics = evaluate_retrieval(model, eval_splits, **eval_kwargs)
-    results = {"metrics": metrics, "config": vars(args), "data_config": eval_data_config, "epochs": args.epochs,
-               "world_size": env.world_size, "wall_time_s": time.time() - started,
-               "eval_split": "+".join(eval_splits)}
+    selected = args.val_fraction > 0 and best["metrics"] is not None
+    results = RunResults(
+        model=description, metrics=best["metrics"] if selected else metrics, dataset=args.dataset,
+        dataset_root=str(Path(args.data_dir).resolve()) if args.data_dir else None, eval_split="+".join(eval_splits),
+        checkpoint="checkpoint-best" if selected else "checkpoint", best_epoch=best["epoch"] if selected else None,
+        epochs=args.epochs, recipe=json.loads(json.dumps(vars(args))), world_size=env.world_size,
+        wall_time_s=time.time() - started, timm_gsp_version=timm_gsp.__version__)
     if env.is_main:
-        with open(output / "results.json", "w") as f:
-            json.dump(results, f, indent=2)
+        results.write(output / "results.json")
         plot_metrics(history, output / "metrics.png")
         if timm_gsp.gsp_modules(model):
             save_weight_maps(model, next(iter(eval_splits.values())), output / "gsp_weights.png")
-        summary = "  ".join(f"{k} {metrics[k]:.4f}" for k in ("precision_at_1", "r_precision", "map_at_r"))
-        print(f"{args.pool.upper()} on held-out classes ({results['eval_split']}): {summary}")
-        print(f"wrote {output / 'results.json'}, {output / 'metrics.png'}, {output / 'checkpoint'}")
-        if args.dataset == "collage" and not args.val_fraction:
-            print_collage_reference(metrics)
-    env.close()
-    return results
+        summary = "  ".join(f"{k} {results.metrics[k]:.4f}" for k in ("precision_at_1", "r_precision", "map_at_r")
+                            if results.metrics.get(k) is not None)
+        chosen = f" (best epoch {results.best_epoch} of {args.epochs}, {results.checkpoint}/)" if selected else ""
+        print(f"{args.pool.upper()} on held-out classes ({results.eval_split}){chosen}: {summary}")
+        print(f"wrote {output / 'results.json'}, {output / 'metrics.png'}, {output / results.checkpoint}")
+    return results.to_dict()
 
 
-def print_collage_reference(metrics: Dict[str, float]) -> None:
-    """Next to a collage test run, the table's numbers (benchmarks/collage_benchmark.py), if present."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "collage_results.json"
-    if not path.is_file():
-        return
-    table = json.loads(path.read_text()).get("methods", {})
-    keys = ("precision_at_1", "r_precision", "map_at_r")
-    print(f"{'':28s} {'P@1':>14s} {'R-Prec':>14s} {'MAP@R':>14s}")
-    print(f"{'this run':28s} " + " ".join(f"{metrics[k]:14.4f}" for k in keys))
-    for name in ("gap", "gsp_zsr"):
-        if name in table and f"{keys[0]}_mean" in table[name]:
-            row = table[name]
-            cells = " ".join(f"{row[k + '_mean']:.4f}+-{row[k + '_std']:.4f}".rjust(14) for k in keys)
-            print(f"{row['label'][:28]:28s} {cells}   (results table, {row['n_seeds']} seeds)")
+def write_lines(path: Path, lines: List[str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, path)
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    train(parse_args(argv))
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        train(args)
+    except (TimmGSPError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+        if args.debug or os.environ.get("TIMM_GSP_DEBUG"):
+            raise
+        print(f"train.py: error: {one_line(error)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def one_line(error: BaseException) -> str:
+    """The user-facing line of an error. A DataLoader worker's error is re-raised in this process with the
+    worker's traceback in its message; the message's last line is the original ``Type: message``."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

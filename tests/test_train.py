@@ -1,127 +1,223 @@
-"""examples/train.py end to end on fixture trees: every official layout, resume, a real 2-process DDP job."""
+"""examples/train.py end to end on fixture trees: every official layout, recipes and their transforms,
+model selection, resume, a careless user's mistakes, and a real 2-process DDP job."""
 import json
-import os
-import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import timm
 import torch
 from safetensors.torch import load_file
+from torchvision import transforms as T
 
-import timm_gsp
-from timm_gsp.data import build_dataset, build_transforms
+from timm_gsp import RetrievalModelConfig
+from timm_gsp.data import build_dataset, build_eval_transform
 from timm_gsp.evaluate import evaluate_retrieval
+from timm_gsp.run_results import read_results
 
-from fixtures_data import make_fixture_tree
+from conftest import REPO, subprocess_env, torchrun
+from fixtures_data import make_fixture_tree, make_folder_tree
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
 import train as train_script  # noqa: E402
 
-TINY = ["--model", "test_resnet", "--img-size", "32", "--embed-dim", "8", "--num-prototypes", "4",
+TINY = ["--model", "test_resnet", "--no-pretrained", "--img-size", "32", "--embed-dim", "8", "--num-prototypes", "4",
         "--batch-size", "4", "--m-per-class", "2", "--workers", "0", "--no-progress", "--lr", "1e-3"]
 
 
-def run_train(tmp_path, *args):
-    output = tmp_path / "run"
-    train_script.main([*TINY, "--output", str(output), *args])
+def run_train(output, *args, expect=0):
+    status = train_script.main([*TINY, "--output", str(output), *args])
+    assert status == expect
     return output
 
 
 @pytest.mark.parametrize("dataset", ["cub", "cars", "sop", "inshop", "folder"])
 def test_trains_on_each_layout_and_writes_results(dataset, tmp_path):
-    kwargs = {"per_item": 4} if dataset == "inshop" else {"per_class": 4} if dataset != "sop" else {"per_class": 4}
+    kwargs = {"per_item": 4} if dataset == "inshop" else {"per_class": 4}
     root = make_fixture_tree(dataset, tmp_path / "data", **kwargs)
-    output = run_train(tmp_path, "--dataset", dataset, "--data-dir", str(root), "--epochs", "1")
-    results = json.loads((output / "results.json").read_text())
+    output = run_train(tmp_path / "run", "--dataset", dataset, "--data-dir", str(root), "--epochs", "1")
+    results = read_results(output / "results.json")
     for key in ("precision_at_1", "recall_at_1", "recall_at_8", "r_precision", "map_at_r"):
-        assert 0.0 <= results["metrics"][key] <= 1.0
-    assert results["config"]["dataset"] == dataset and results["config"]["model"] == "test_resnet"
-    assert results["eval_split"] == ("query+gallery" if dataset == "inshop" else "test")
+        assert 0.0 <= results.metrics[key] <= 1.0
+    assert results.dataset == dataset and results.model.model_name == "test_resnet"
+    assert results.model.data_config["input_size"] == [3, 32, 32]
+    assert results.eval_split == ("query+gallery" if dataset == "inshop" else "test")
+    assert results.checkpoint == "checkpoint" and results.best_epoch is None
     for name in ("metrics.png", "gsp_weights.png", "metrics.jsonl", "checkpoint/model.safetensors"):
         assert (output / name).is_file(), name
     assert not list(output.glob(".checkpoint*")), "temporary checkpoint folders left behind"
 
 
-def test_gap_baseline_and_validation_split(tmp_path):
-    root = make_fixture_tree("folder", tmp_path / "data", num_classes=8, per_class=4)
-    output = run_train(tmp_path, "--dataset", "folder", "--data-dir", str(root), "--epochs", "1", "--pool", "gap",
-                       "--val-fraction", "0.5")
-    results = json.loads((output / "results.json").read_text())
-    assert results["eval_split"] == "val"
-    assert not (output / "gsp_weights.png").exists()
-    state = load_file(str(output / "checkpoint" / "model.safetensors"))
-    assert not any(k.endswith("prototypes") for k in state)
+def test_validation_split_selects_the_best_epoch(tmp_path):
+    root = make_folder_tree(tmp_path / "data", num_classes=12, per_class=4)
+    output = run_train(tmp_path / "run", "--dataset", "folder", "--data-dir", str(root), "--epochs", "3", "--pool", "gap",
+                       "--val-fraction", "0.5", "--eval-every", "1")
+    results = read_results(output / "results.json")
+    history = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    best = max(history, key=lambda h: h["map_at_r"])
+    assert results.eval_split == "val" and results.checkpoint == "checkpoint-best"
+    assert results.best_epoch == best["epoch"] and results.metrics["map_at_r"] == best["map_at_r"]
+    # the best checkpoint holds that epoch's weights: evaluated again, the same metrics
+    model = RetrievalModelConfig.from_dict(results.model.to_dict()).build()
+    model.load_state_dict(load_file(str(output / "checkpoint-best" / "model.safetensors")))
+    assert not any(k.endswith("prototypes") for k in model.state_dict())  # --pool gap: no GSP
+    full = build_dataset("folder", root, "train", build_eval_transform(results.model.data_config))
+    from timm_gsp.data import carve_validation
+    val = carve_validation(full, "val", 0.5, 0)
+    again = evaluate_retrieval(model, {"val": val}, batch_size=4, progress=False)
+    assert again["map_at_r"] == pytest.approx(best["map_at_r"], abs=1e-6)
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path):
-    root = make_fixture_tree("folder", tmp_path / "data", num_classes=4, per_class=8)
+def test_resume_reproduces_the_uninterrupted_run_and_logs_each_epoch_once(tmp_path):
+    root = make_folder_tree(tmp_path / "data", num_classes=4, per_class=8)
     common = ["--dataset", "folder", "--data-dir", str(root), "--epochs", "3", "--loss", "proxyanchor"]
     straight = run_train(tmp_path / "a", *common)
-    interrupted = tmp_path / "b" / "run"
-    train_script.main([*TINY, "--output", str(interrupted), *common, "--stop-after-epoch", "1"])
-    assert json.loads((interrupted / "checkpoint" / "training_state.json").read_text())
+    interrupted = run_train(tmp_path / "b", *common, "--stop-after-epoch", "1")
     assert not (interrupted / "results.json").exists()
-    train_script.main([*TINY, "--output", str(interrupted), *common, "--resume"])
+    run_train(interrupted, *common, "--resume")
     a = load_file(str(straight / "checkpoint" / "model.safetensors"))
     b = load_file(str(interrupted / "checkpoint" / "model.safetensors"))
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    ra = json.loads((straight / "results.json").read_text())["metrics"]
-    rb = json.loads((interrupted / "results.json").read_text())["metrics"]
-    assert ra == rb
+    assert read_results(straight / "results.json").metrics == read_results(interrupted / "results.json").metrics
+    epochs = [json.loads(line)["epoch"] for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_resume_with_other_settings_is_refused_naming_each(tmp_path, capsys):
+    root = make_folder_tree(tmp_path / "data", num_classes=4, per_class=4)
+    common = ["--dataset", "folder", "--data-dir", str(root), "--epochs", "2"]
+    output = run_train(tmp_path / "run", *common, "--stop-after-epoch", "1")
+    before = (output / "checkpoint" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    run_train(output, *common, "--resume", "--transport-ratio", "0.9", "--gamma", "50", "--lr", "0.5", expect=1)
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("train.py: error:") and len(err.splitlines()) == 1
+    for flag in ("--transport-ratio", "--gamma", "--lr"):
+        assert flag in err
+    assert (output / "checkpoint" / "model.safetensors").read_bytes() == before
+    assert not (output / "results.json").exists()
+    run_train(output, *common, "--resume", "--epochs", "3")  # epochs may change
+    assert read_results(output / "results.json").epochs == 3
 
 
-def test_two_process_ddp_job_matches_single_process_evaluation(tmp_path):
-    root = make_fixture_tree("folder", tmp_path / "data", num_classes=8, per_class=6)
-    output = tmp_path / "ddp"
-    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(_free_port()), str(REPO / "examples" / "train.py"), *TINY,
-               "--dataset", "folder", "--data-dir", str(root), "--epochs", "2", "--output", str(output)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((output / "results.json").read_text())
-    assert results["world_size"] == 2
-    # The same weights evaluated in this single process give the metrics the two ranks gathered.
-    config = results["config"]
-    model = timm_gsp.create_model(config["model"], embed_dim=config["embed_dim"], num_prototypes=config["num_prototypes"],
-                                  transport_ratio=config["transport_ratio"], gamma=config["gamma"])
-    model.load_state_dict(load_file(str(output / "checkpoint" / "model.safetensors")))
-    test_set = build_dataset("folder", root, "test", build_transforms(model, False, input_size=32))
-    single = evaluate_retrieval(model, {"test": test_set}, batch_size=4, progress=False)
-    for key, value in results["metrics"].items():
-        assert single[key] == pytest.approx(value, abs=1e-6), key
+def test_second_run_into_the_same_output_is_refused(tmp_path, capsys):
+    root = make_folder_tree(tmp_path / "data", num_classes=4, per_class=4)
+    common = ["--dataset", "folder", "--data-dir", str(root), "--epochs", "1"]
+    output = run_train(tmp_path / "run", *common)
+    results = (output / "results.json").read_bytes()
+    capsys.readouterr()
+    run_train(output, *common, "--seed", "1", expect=1)
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--overwrite" in err and str(output) in err
+    assert (output / "results.json").read_bytes() == results
+    assert len((output / "metrics.jsonl").read_text().splitlines()) == 1
+    (output / "notes.txt").write_text("mine")
+    run_train(output, *common, "--seed", "1", "--overwrite")
+    assert (output / "results.json").read_bytes() != results
+    assert (output / "notes.txt").read_text() == "mine"  # --overwrite replaces the run, not the user's files
 
 
-@pytest.mark.parametrize("recipe", ["collage", "cub", "cars", "sop", "inshop"])
+@pytest.mark.parametrize("args,message", [
+    (["--m-per-class", "1", "--batch-size", "4", "--zsr-weight", "0.1"], "--m-per-class"),
+    (["--batch-size", "6", "--m-per-class", "4"], "--batch-size 6 must be a positive multiple of --m-per-class 4"),
+    (["--scale", "0.9", "0.1"], "scale"),
+    (["--num-prototypes", "0"], "num-prototypes"),
+])
+def test_bad_settings_are_one_line_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_script.parse_args(["--recipe", "folder-scratch", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("train.py: error:") and message in err[-1]
+
+
+def test_errors_found_while_running_are_one_line(tmp_path, capsys):
+    root = make_folder_tree(tmp_path / "data", num_classes=4, per_class=4)
+    # k-center needs more local features than the images give at this size
+    run_train(tmp_path / "a", "--dataset", "folder", "--data-dir", str(root), "--epochs", "1", "--img-size", "16",
+              "--num-prototypes", "4000", expect=1)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--num-prototypes" in err and "--prototype-init random" in err
+    run_train(tmp_path / "b", "--dataset", "cub", "--data-dir", str(tmp_path / "nowhere"), "--epochs", "1", expect=1)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path / "nowhere") in err
+
+
+def test_evaluation_split_without_pairs_is_refused_not_nan(tmp_path, capsys):
+    root = make_folder_tree(tmp_path / "data", num_classes=4, per_class=4)
+    for folder in ("class_02", "class_03"):  # the test classes keep one image each
+        for image in sorted((root / folder).iterdir())[1:]:
+            image.unlink()
+    output = run_train(tmp_path / "run", "--dataset", "folder", "--data-dir", str(root), "--epochs", "1", expect=1)
+    err = capsys.readouterr().err
+    assert "no class has two or more images" in err
+    assert not (output / "results.json").exists()
+
+
+@pytest.mark.parametrize("recipe", ["collage", "folder", "folder-scratch", "cub", "cars", "sop", "inshop"])
 def test_recipes_parse(recipe):
     args = train_script.parse_args(["--recipe", recipe])
-    assert args.dataset in ("collage", "cub", "cars", "sop", "inshop")
+    assert args.recipe == recipe and args.dataset in ("collage", "folder", "cub", "cars", "sop", "inshop")
     assert args.backbone_lr is not None and args.prototype_lr is not None
 
 
-def test_bad_configuration_is_reported(tmp_path, capsys):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("dataset: cub\nmodel: resnet50\nnot_an_option: 1\n")
-    with pytest.raises(SystemExit):
-        train_script.parse_args(["--recipe", str(bad)])
-    assert "not_an_option" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        train_script.parse_args(["--batch-size", "6", "--m-per-class", "4"])
-    assert "multiple" in capsys.readouterr().err
+def test_dataset_picks_its_recipe_never_the_collages():
+    assert train_script.parse_args([]).recipe == "collage"
+    folder = train_script.parse_args(["--dataset", "folder"])
+    collage = train_script.parse_args(["--recipe", "collage"])
+    assert folder.recipe == "folder" and folder.pretrained and folder.model != collage.model
+    assert folder.backbone_lr < folder.lr  # a pretrained backbone moves slower than the new head
+    assert tuple(folder.scale) != tuple(collage.scale)
+    assert train_script.parse_args(["--dataset", "cub"]).recipe == "cub"
 
 
-def test_wrong_dataset_folder_names_the_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
-        run_train(tmp_path, "--dataset", "cub", "--data-dir", str(tmp_path / "nowhere"), "--epochs", "1")
+def _random_resized_crop(tf):
+    """timm's RandomResizedCropAndInterpolation (or torchvision's RandomResizedCrop)."""
+    return next(t for t in tf.transforms if "RandomResizedCrop" in type(t).__name__)
+
+
+def test_recipes_and_flags_reach_the_transforms(tmp_path):
+    import timm_gsp
+    root = make_folder_tree(tmp_path / "data", num_classes=4, per_class=4)
+    model = timm_gsp.create_model("test_resnet", embed_dim=8, num_prototypes=4)
+
+    def transforms(*argv):
+        args = train_script.parse_args(["--data-dir", str(root), "--workers", "0", "--batch-size", "4", "--m-per-class", "2", *argv])
+        *_, (train_tf, eval_tf) = train_script.build_data(args, model, train_script.Distributed())
+        return train_tf, eval_tf
+
+    recipe_train, recipe_eval = transforms("--recipe", "folder-scratch")
+    flag_train, flag_eval = transforms("--recipe", "folder-scratch", "--scale", "0.3", "0.5", "--hflip", "0",
+                                       "--crop-pct", "0.5", "--img-size", "40")
+    assert _random_resized_crop(recipe_train).scale != (0.3, 0.5)
+    assert _random_resized_crop(flag_train).scale == (0.3, 0.5)
+    assert not any(isinstance(t, T.RandomHorizontalFlip) for t in flag_train.transforms)
+    resize = lambda tf: next(t for t in tf.transforms if isinstance(t, T.Resize)).size  # noqa: E731
+    assert resize(flag_eval) == 80 and resize(recipe_eval) != 80  # 40 px at crop_pct 0.5
+
+
+def test_start_of_run_says_recipe_learning_rates_and_transforms(tmp_path, capsys):
+    root = make_folder_tree(tmp_path / "data", num_classes=4, per_class=4)
+    run_train(tmp_path / "run", "--recipe", "folder-scratch", "--dataset", "folder", "--data-dir", str(root), "--epochs", "1")
+    out = capsys.readouterr().out
+    assert "recipe folder-scratch" in out and "learning rates: backbone 0.001, head 0.001" in out
+    assert "train transform: RandomResizedCrop" in out and "eval transform:" in out
+
+
+def test_two_process_ddp_job_matches_single_process_evaluation(tmp_path):
+    root = make_folder_tree(tmp_path / "data", num_classes=8, per_class=6)
+    output = tmp_path / "ddp"
+    command = torchrun(2, REPO / "examples" / "train.py", *TINY, "--dataset", "folder", "--data-dir", root,
+                       "--epochs", "2", "--output", output)
+    done = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = read_results(output / "results.json")
+    assert results.world_size == 2
+    # The same weights evaluated in this single process give the metrics the two ranks gathered.
+    model = results.model.build()
+    model.load_state_dict(load_file(str(output / "checkpoint" / "model.safetensors")))
+    test_set = build_dataset("folder", root, "test", build_eval_transform(results.model.data_config))
+    single = evaluate_retrieval(model, {"test": test_set}, batch_size=4, progress=False)
+    for key, value in results.metrics.items():
+        assert single[key] == pytest.approx(value, abs=1e-6), key
