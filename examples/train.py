@@ -55,12 +55,12 @@ from tqdm import tqdm
 import timm_gsp
 from timm_gsp import RetrievalModelConfig, TimmGSPError
 from timm_gsp.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from timm_gsp.data import (Augmentation, MPerClassBatchSampler, build_dataset, build_eval_transform,
+from timm_gsp.data import (Augmentation, CachedDataset, MPerClassBatchSampler, build_dataset, build_eval_transform,
                            build_train_transform, carve_validation, evaluation_splits, resolve_input_config)
-from timm_gsp.errors import ConfigError, OutputExistsError
+from timm_gsp.errors import ConfigError, OutputExistsError, one_line, wants_traceback
 from timm_gsp.evaluate import evaluate_retrieval
 from timm_gsp.losses import GSPMetricLoss
-from timm_gsp.run_results import RunResults, write_json_atomic
+from timm_gsp.run_results import RunResults
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 DEFAULT_RECIPE = "collage"
@@ -372,10 +372,9 @@ def build_data(args, model, env: Distributed):
     else:
         eval_splits = {s: build_dataset(args.dataset, args.data_dir, s, eval_tf, **extra) for s in evaluation_splits(args.dataset)}
     check_eval_split(eval_splits)
-    if args.cache_images:
-        from timm_gsp.data.cache import cache_images
-        train_set = cache_images(train_set)
-        eval_splits = {name: cache_images(split) for name, split in eval_splits.items()}
+    if args.cache_images:  # after the splits are carved: each decodes only its own images
+        train_set = CachedDataset(train_set, progress=not args.no_progress)
+        eval_splits = {name: CachedDataset(split, progress=not args.no_progress) for name, split in eval_splits.items()}
     classes_per_batch = args.batch_size // args.m_per_class
     if train_set.num_classes < classes_per_batch:
         raise ConfigError(f"--batch-size {args.batch_size} / --m-per-class {args.m_per_class} = {classes_per_batch} classes "
@@ -655,21 +654,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         train(args)
     except (TimmGSPError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
-        if args.debug or os.environ.get("TIMM_GSP_DEBUG"):
+        if wants_traceback(args.debug):
             raise
         print(f"train.py: error: {one_line(error)}", file=sys.stderr)
         return 1
     return 0
-
-
-def one_line(error: BaseException) -> str:
-    """The user-facing line of an error. A DataLoader worker's error is re-raised in this process with the
-    worker's traceback in its message; the message's last line is the original ``Type: message``."""
-    text = str(error).strip()
-    if "Original Traceback" in text:
-        last = text.splitlines()[-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -22,11 +22,14 @@ Usage from another test module (pytest puts ``tests/`` on ``sys.path``)::
     root = make_fixture_tree("cub", tmp_path)          # or make_cub_tree(tmp_path, num_classes=6)
     ds = build_dataset("cub", root, "train")
 
-``corrupt_image(path)`` / ``truncate_image(path)`` damage a file in place to test error handling.
+``corrupt_image(path)`` / ``truncate_image(path)`` damage a file in place to test error handling;
+``write_png16(path, pixels)`` writes a 16-bit greyscale or RGB PNG.
 """
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from pathlib import Path
 from typing import Callable, Dict, List, Union
 
@@ -35,7 +38,7 @@ from PIL import Image
 
 __all__ = [
     "FIXTURE_BUILDERS", "corrupt_image", "make_cars_tree", "make_cub_tree", "make_fixture_tree",
-    "make_folder_tree", "make_image", "make_inshop_tree", "make_sop_tree", "truncate_image",
+    "make_folder_tree", "make_image", "make_inshop_tree", "make_sop_tree", "truncate_image", "write_png16",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -64,6 +67,25 @@ def truncate_image(path: PathLike, keep: float = 0.5) -> Path:
     data = Path(path).read_bytes()
     Path(path).write_bytes(data[: max(1, int(len(data) * keep))])
     return Path(path)
+
+
+def write_png16(path: PathLike, pixels: np.ndarray) -> Path:
+    """A 16-bit PNG of ``pixels`` (uint16, ``(H, W)`` greyscale or ``(H, W, 3)`` RGB). Pillow writes
+    16-bit greyscale but not 16-bit RGB, so the RGB file is encoded here (unfiltered scanlines)."""
+    path = Path(path)
+    pixels = np.asarray(pixels, dtype=np.uint16)
+    if pixels.ndim == 2:
+        Image.fromarray(pixels).save(path)
+        return path
+    height, width, _ = pixels.shape
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)  # filter type 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)  # 16 bits, colour type 2 (RGB)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return path
 
 
 def make_cub_tree(root: PathLike, num_classes: int = 4, per_class: int = 3, image_size: int = 24) -> Path:

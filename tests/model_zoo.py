@@ -1,7 +1,29 @@
 """Small timm architectures spanning CNN, NHWC, hybrid and token families, with inputs they accept.
 
-(name, extra create_model kwargs, input (H, W)); used by the plugin and factory tests.
+(name, extra create_model kwargs, input (H, W)); used by the plugin and factory tests. The lists hold the
+models the installed timm knows (CI also runs on the oldest supported release).
 """
+# Families whose constructor asserted on the pool name before a timm release: through global_pool they
+# raise GSPUnsupportedModelError on older timm (timm_gsp.create_model wraps them instead).
+GLOBAL_POOL_SINCE = {"swin_tiny_patch4_window7_224": (1, 0, 31)}
+
+
+def timm_version():
+    import timm
+    return tuple(int("".join(c for c in part if c.isdigit()) or 0) for part in timm.__version__.split(".")[:3])
+
+
+def reachable(name: str) -> bool:
+    """Whether ``global_pool="gsp"`` reaches this model on the installed timm."""
+    return timm_version() >= GLOBAL_POOL_SINCE.get(name, (0,))
+
+
+def installed(models):
+    """The entries of a model list that the installed timm knows (older releases lack newer families)."""
+    import timm
+    return [entry for entry in models if timm.is_model(entry[0] if isinstance(entry, tuple) else entry)]
+
+
 CNNS = [
     ("resnet10t", {}, (64, 64)),
     ("resnext26ts", {}, (64, 64)),
@@ -46,10 +68,10 @@ VITS = [
     ("beit_base_patch16_224", {"img_size": 64}, (64, 64)),
     ("vitamin_small_224", {"img_size": 64}, (64, 64)),
 ]
-ALL = CNNS + NHWC_AND_HYBRIDS + VITS
+ALL = installed(CNNS + NHWC_AND_HYBRIDS + VITS)
 # Families that build their pooling outside timm's global_pool machinery: only the factory reaches them.
-WRAPPED = [
+WRAPPED = installed([
     ("xcit_nano_12_p16_224", {"img_size": 64}, (64, 64)),
     ("levit_128s", {}, (224, 224)),
     ("mixer_s16_224", {"img_size": 64}, (64, 64)),
-]
+])

@@ -1,11 +1,10 @@
 """The ``timm-gsp`` console script on generated images: export, embed, search, eval, show, push.
 
-The main flows run the installed console script in a subprocess (``pip install -e .`` puts it
-next to the interpreter); error messages (push included: no upload can succeed here) are checked
-through ``timm_gsp.cli.main`` in-process, the function the script calls, to keep the file fast.
+The main flow runs the installed console script in a subprocess (``pip install -e .`` puts it
+next to the interpreter); the rest goes through ``timm_gsp.cli.main`` in-process, the function the
+script calls, to keep the file fast. Every user error must be one line on stderr, exit status 1.
 """
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -15,22 +14,22 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import subprocess_env, torchrun
 from PIL import Image
 from safetensors import safe_open
 
 import timm_gsp
-from timm_gsp import cli
+from timm_gsp import RetrievalModelConfig, cli
 from timm_gsp.checkpoint import save_checkpoint
+from timm_gsp.run_results import RunResults, read_results
+from timm_gsp.search import model_fingerprint, read_index
 
 NUM_CLASSES, PER_CLASS = 3, 4
-RESULTS = {
-    "metrics": {"precision_at_1": 0.5, "recall_at_1": 0.5, "recall_at_2": 0.75, "r_precision": 0.25, "map_at_r": 0.125},
-    # examples/train.py's arguments: export rebuilds the architecture from them; img_size is the
-    # run's preprocessing size there (not a model argument) and becomes the published input size.
-    "config": {"model": "resnet10t", "pool": "gsp", "embed_dim": 8, "num_prototypes": 4, "transport_ratio": 0.3,
-               "gamma": 5.0, "dataset": "folder", "img_size": 64},
-    "eval_split": "test",
-}
+METRICS = {"precision_at_1": 0.5, "recall_at_1": 0.5, "recall_at_2": 0.75, "r_precision": 0.25, "map_at_r": 0.125}
+# The run's evaluation preprocessing: export must publish exactly this (merged with overrides).
+DATA_CONFIG = {"input_size": [3, 64, 64], "interpolation": "bilinear", "crop_pct": 0.8}
+CONFIG = RetrievalModelConfig("test_resnet", embed_dim=8, pool=timm_gsp.format_gsp_spec(num_prototypes=4),
+                              data_config=DATA_CONFIG)
 
 
 def _console_script() -> str:
@@ -41,38 +40,56 @@ def _console_script() -> str:
     return found
 
 
-def run_cli(*args, env=None, expect=0):
-    environment = dict(os.environ, HF_HUB_OFFLINE="1") if env is None else env
-    done = subprocess.run([_console_script(), *map(str, args)], capture_output=True, text=True, env=environment, timeout=300)
+def run_cli(*args, expect=0):
+    done = subprocess.run([_console_script(), *map(str, args)], capture_output=True, text=True, env=subprocess_env(),
+                          timeout=300)
     assert done.returncode == expect, f"timm-gsp {' '.join(map(str, args))} -> {done.returncode}\n{done.stdout}\n{done.stderr}"
     return done
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """Generated class folders (a colour per class), a training checkpoint folder as the training
-    script writes it (model + loss/optimizer state) and the run's results.json one level up."""
-    root = tmp_path_factory.mktemp("cli")
-    rng = np.random.default_rng(0)
-    for label in range(NUM_CLASSES):
-        folder = root / "images" / f"class{label}"
+def fails(capsys, command, *args):
+    """Run ``timm-gsp command args`` in-process; it must fail with one line naming the command."""
+    assert cli.main([command, *map(str, args)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"timm-gsp {command}: error: ") and "\n" not in err, err
+    return err
+
+
+def make_images(root, num_classes=NUM_CLASSES, per_class=PER_CLASS, seed=0):
+    rng = np.random.default_rng(seed)
+    for label in range(num_classes):
+        folder = root / f"class{label}"
         folder.mkdir(parents=True)
-        for index in range(PER_CLASS):
+        for index in range(per_class):
             pixels = rng.integers(0, 80, (40, 48, 3), dtype=np.uint8)
-            pixels[..., label] += 150
+            pixels[..., label % 3] += 150
             Image.fromarray(pixels).save(folder / f"img{index}.png")
-    torch.manual_seed(0)
-    model = timm_gsp.create_model("resnet10t", embed_dim=8, num_prototypes=4)
+    return root
+
+
+def make_run(root, images, seed=0):
+    """A training run as examples/train.py writes it: checkpoint/ (model + loss / optimizer state,
+    model_config.json) and results.json naming it."""
+    torch.manual_seed(seed)
+    model = CONFIG.build()
     training_state = {"epoch": 3, "criterion": {"proxies": torch.randn(NUM_CLASSES, 8)},
                       "optimizer": {"state": {0: {"momentum_buffer": torch.ones(2)}}}}
-    save_checkpoint(root / "run" / "checkpoint", model.state_dict(), training_state)
-    (root / "run" / "results.json").write_text(json.dumps(RESULTS))
+    save_checkpoint(root / "checkpoint", model.state_dict(), training_state, model_config=CONFIG)
+    RunResults(model=CONFIG, metrics=METRICS, dataset="folder", dataset_root=str(images), eval_split="all",
+               checkpoint="checkpoint", recipe={"lr": 0.1, "epochs": 3}).write(root / "results.json")
+    return root
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    make_run(root / "run", make_images(root / "images"))
     return root
 
 
 @pytest.fixture(scope="module")
 def exported(workspace):
-    done = run_cli("export", workspace / "run" / "checkpoint", workspace / "hub")
+    done = run_cli("export", workspace / "run", workspace / "hub", "--no-examples")
     assert "results.json" in done.stdout
     return workspace / "hub"
 
@@ -90,7 +107,9 @@ def embedded(workspace, exported):
     return output
 
 
-def test_export_takes_only_the_model_from_a_training_checkpoint(workspace, exported):
+# --- export -------------------------------------------------------------------------------------
+
+def test_export_takes_only_the_model_of_the_run(workspace, exported):
     assert sorted(p.name for p in exported.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     with safe_open(str(exported / "model.safetensors"), framework="pt") as published, \
             safe_open(str(workspace / "run" / "checkpoint" / "model.safetensors"), framework="pt") as trained:
@@ -98,8 +117,8 @@ def test_export_takes_only_the_model_from_a_training_checkpoint(workspace, expor
         for key in trained.keys():
             assert torch.equal(published.get_tensor(key), trained.get_tensor(key))
     config = json.loads((exported / "config.json").read_text())
-    assert config["pretrained_cfg"]["input_size"] == [3, 64, 64]  # the run's preprocessing
-    assert timm_gsp.parse_gsp_spec(config["model_args"]["global_pool"])["num_prototypes"] == 4
+    assert {k: config["pretrained_cfg"][k] for k in DATA_CONFIG} == DATA_CONFIG  # the run's preprocessing
+    assert config["timm_gsp"]["model_name"] == "test_resnet" and config["model_args"]["global_pool"] == CONFIG.pool
     card = (exported / "README.md").read_text()
     assert "| P@1 | 50.00 |" in card and "| MAP@R | 12.50 |" in card
 
@@ -110,27 +129,117 @@ def test_export_of_an_exported_folder_is_the_same_model(exported, tmp_path):
         assert (tmp_path / "again" / name).read_bytes() == (exported / name).read_bytes()
 
 
-def test_embed_matches_the_model(workspace, embedded, published_model):
-    embeddings, paths, source = cli.read_embeddings(str(embedded))
-    assert paths == sorted(str(p) for p in (workspace / "images").rglob("*.png"))
-    assert source["model"].startswith("local-dir:")
-    config = timm.data.resolve_data_config(model=published_model)
-    transform = timm.data.create_transform(**config)
-    images = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
+def test_export_crop_pct_alone_merges_into_the_runs_data_config(workspace, tmp_path):
+    assert cli.main(["export", str(workspace / "run"), str(tmp_path / "out"), "--crop-pct", "1.0", "--no-examples"]) == 0
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())["pretrained_cfg"]
+    assert (cfg["input_size"], cfg["interpolation"], cfg["crop_pct"]) == ([3, 64, 64], "bilinear", 1.0)
+
+
+def test_export_shows_example_pictures_of_the_runs_evaluation_data(workspace, tmp_path):
+    assert cli.main(["export", str(workspace / "run"), str(tmp_path / "out")]) == 0
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["README.md", "config.json", "gsp_weights.png", "model.safetensors", "retrieval.png"]
+    assert "![Retrieval examples](retrieval.png)" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_export_errors_are_one_line(workspace, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert "is not a folder" in fails(capsys, "export", workspace / "run", tmp_path / "file")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(workspace / "run" / "checkpoint" / "model.safetensors", bare)
+    assert f"{bare} is not a model" in fails(capsys, "export", bare, tmp_path / "out")
+
+
+# --- embed and search ---------------------------------------------------------------------------
+
+def test_embed_records_the_model_and_the_classes(workspace, embedded, published_model):
+    index = read_index(embedded)
+    assert index.paths == sorted(str(p) for p in (workspace / "images").rglob("*.png"))
+    assert index.labels == [Path(p).parent.name for p in index.paths]
+    assert index.model["source"] == str(workspace / "hub")
+    assert index.model["fingerprint"] == model_fingerprint(published_model)
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=published_model))
+    images = torch.stack([transform(Image.open(p).convert("RGB")) for p in index.paths])
     with torch.no_grad():
         expected = published_model(images)
-    torch.testing.assert_close(embeddings, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(index.embeddings, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_embed_labels_file(workspace, exported, tmp_path):
+    images = sorted((workspace / "images" / "class0").glob("*.png"))
+    (tmp_path / "labels.json").write_text(json.dumps({str(p): f"item{i % 2}" for i, p in enumerate(images)}))
+    assert cli.main(["embed", *map(str, images), "--model", str(exported), "-o", str(tmp_path / "i.safetensors"),
+                     "--labels", str(tmp_path / "labels.json"), "--quiet"]) == 0
+    assert read_index(tmp_path / "i.safetensors").labels == ["item0", "item1", "item0", "item1"]
 
 
 def test_search_ranks_by_cosine_and_finds_the_query_itself(workspace, embedded):
     query = workspace / "images" / "class1" / "img2.png"
     done = run_cli("search", query, "--index", embedded, "--top-k", 3, "--json")
     (result,) = json.loads(done.stdout)
-    gallery, paths, _ = cli.read_embeddings(str(embedded))
-    scores = torch.nn.functional.normalize(gallery, dim=1) @ torch.nn.functional.normalize(gallery[paths.index(str(query))], dim=0)
-    assert [hit["path"] for hit in result["results"]] == [paths[i] for i in scores.topk(3).indices]
+    index = read_index(embedded)
+    scores = torch.nn.functional.normalize(index.embeddings, dim=1) @ torch.nn.functional.normalize(
+        index.embeddings[index.paths.index(str(query))], dim=0)
+    assert [hit["path"] for hit in result["results"]] == [index.paths[i] for i in scores.topk(3).indices]
     assert result["results"][0]["path"] == str(query) and result["results"][0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert result["results"][0]["label"] == "class1"
 
+
+def test_search_faiss_backend_agrees_with_exact(workspace, embedded, capsys):
+    pytest.importorskip("faiss")
+    results = {}
+    for backend in ("exact", "faiss-flat"):
+        assert cli.main(["search", str(workspace / "images" / "class2"), "--index", str(embedded), "-k", "4",
+                         "--backend", backend, "--json", "--quiet"]) == 0
+        results[backend] = json.loads(capsys.readouterr().out)
+    for exact, approximate in zip(results["exact"], results["faiss-flat"]):
+        assert [h["path"] for h in exact["results"]] == [h["path"] for h in approximate["results"]]
+
+
+def test_search_refuses_an_index_built_by_another_model(workspace, embedded, tmp_path, capsys):
+    other = make_run(tmp_path / "other", workspace / "images", seed=1)
+    err = fails(capsys, "search", workspace / "images" / "class0" / "img0.png", "--index", embedded, "--model", other)
+    assert f"was built by {workspace / 'hub'}" in err and "cannot be compared" in err
+
+
+def test_search_saves_a_retrieval_sheet(workspace, embedded, tmp_path):
+    out = tmp_path / "sheet.png"
+    assert cli.main(["search", str(workspace / "images" / "class0" / "img1.png"), str(workspace / "images" / "class2"),
+                     "--index", str(embedded), "-k", "3", "--save", str(out), "--quiet"]) == 0
+    with Image.open(out) as sheet:
+        assert sheet.width >= 4 * 112 and sheet.height >= 5 * 112  # 5 queries, each with 3 hits
+
+
+@pytest.mark.parametrize("k", ["0", "-1"])
+def test_search_top_k_must_be_positive(workspace, embedded, capsys, k):
+    err = fails(capsys, "search", workspace / "images" / "class0", "--index", embedded, "--top-k", k)
+    assert f"--top-k must be >= 1, got {k}" in err
+
+
+def test_corrupt_index_is_one_line(workspace, tmp_path, capsys):
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    assert str(tmp_path / "bad.safetensors") in fails(capsys, "search", workspace / "images", "--index",
+                                                      tmp_path / "bad.safetensors")
+
+
+def test_embed_under_torchrun_equals_one_process(workspace, exported, tmp_path):
+    """Two processes (gloo), each embedding its shard; rank 0 writes one index."""
+    args = ["embed", workspace / "images", "--model", exported, "--batch-size", 3, "--quiet"]
+    subprocess.run(torchrun(2, "-m", "timm_gsp.cli", *args, "-o", tmp_path / "two.safetensors"), check=True,
+                   env=subprocess_env(), timeout=300, capture_output=True)
+    subprocess.run([sys.executable, "-m", "timm_gsp.cli", *map(str, args), "-o", str(tmp_path / "one.safetensors")],
+                   check=True, env=subprocess_env(), timeout=300, capture_output=True)
+    one, two = read_index(tmp_path / "one.safetensors"), read_index(tmp_path / "two.safetensors")
+    assert (two.paths, two.labels, two.model) == (one.paths, one.labels, one.model)
+    torch.testing.assert_close(two.embeddings, one.embeddings, rtol=1e-5, atol=1e-6)
+
+
+def test_embed_refuses_to_replace_an_index(workspace, embedded, capsys):
+    assert "--overwrite" in fails(capsys, "embed", workspace / "images", "--model", workspace / "hub", "-o", embedded)
+
+
+# --- eval ---------------------------------------------------------------------------------------
 
 def test_eval_reports_the_metrics_of_the_embeddings(workspace, exported, embedded):
     from timm_gsp.metrics import RetrievalMetrics
@@ -139,21 +248,51 @@ def test_eval_reports_the_metrics_of_the_embeddings(workspace, exported, embedde
     done = run_cli("eval", "--model", f"local-dir:{exported}", "--dataset", "folder", "--root", workspace / "images",
                    "--output", results_file, "--quiet")
     assert "| P@1 |" in done.stdout and "| MAP@R |" in done.stdout
-    results = json.loads(results_file.read_text())
-    embeddings, paths, _ = cli.read_embeddings(str(embedded))
-    labels = torch.tensor([int(Path(p).parent.name[len("class"):]) for p in paths])
+    results = read_results(results_file)
+    index = read_index(embedded)
     metric = RetrievalMetrics()
-    metric.update(embeddings, labels)
+    metric.update(index.embeddings, torch.tensor([int(label[len("class"):]) for label in index.labels]))
     expected = metric.compute()
-    assert results["metrics"].keys() == expected.keys()
+    assert results.metrics.keys() == expected.keys()
     for key, value in expected.items():
-        assert results["metrics"][key] == pytest.approx(value, abs=1e-6)
-    assert results["config"]["dataset"] == "folder" and results["config"]["split"] == "all"
+        assert results.metrics[key] == pytest.approx(value, abs=1e-6)
+    assert (results.dataset, results.eval_split, results.checkpoint) == ("folder", "all", str(exported))
+    assert results.model.data_config["input_size"] == [3, 64, 64]
 
+
+def test_eval_report(workspace, capsys, tmp_path):
+    assert cli.main(["eval", "--model", str(workspace / "run"), "--dataset", "folder", "--root",
+                     str(workspace / "images"), "--report", str(tmp_path / "report"), "--quiet"]) == 0
+    names = sorted(p.name for p in (tmp_path / "report").iterdir())
+    assert names == ["gsp_weights.png", "metrics.json", "metrics.md", "retrieval.png"]
+    assert "| P@1 |" in (tmp_path / "report" / "metrics.md").read_text()
+    assert read_results(tmp_path / "report" / "metrics.json").dataset == "folder"
+
+
+def test_eval_of_a_split_without_pairs_writes_null(workspace, tmp_path, capsys):
+    lone = make_images(tmp_path / "lone", per_class=1)
+    assert cli.main(["eval", "--model", str(workspace / "run"), "--dataset", "folder", "--root", str(lone),
+                     "--output", str(tmp_path / "r.json"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: no query" in captured.err and "| P@1 | n/a |" in captured.out
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert set(written["metrics"].values()) == {None}
+
+
+def test_eval_unknown_split_is_refused_before_the_model_is_built(workspace, capsys):
+    err = fails(capsys, "eval", "--model", workspace / "nowhere", "--dataset", "folder", "--root",
+                workspace / "images", "--split", "bogus")
+    assert "no such model" in err  # the model source is checked first, cheaply (JSON only)
+    err = fails(capsys, "eval", "--model", workspace / "run", "--dataset", "folder", "--root", workspace / "images",
+                "--split", "bogus")
+    assert "--split bogus" in err and "unknown split 'bogus'" in err
+
+
+# --- show ---------------------------------------------------------------------------------------
 
 def test_show_writes_heat_maps(workspace, exported, tmp_path):
-    run_cli("show", workspace / "images" / "class0", "--model", f"local-dir:{exported}", "--output", tmp_path,
-            "--top-prototypes", 2, "--quiet")
+    assert cli.main(["show", str(workspace / "images" / "class0"), "--model", f"local-dir:{exported}",
+                     "--output", str(tmp_path), "--top-prototypes", "2", "--quiet"]) == 0
     written = sorted(p.name for p in tmp_path.iterdir())
     assert len(written) == PER_CLASS * 3 and "img0_gsp.png" in written
     assert sum(name.startswith("img0_prototype") for name in written) == 2
@@ -161,54 +300,59 @@ def test_show_writes_heat_maps(workspace, exported, tmp_path):
         assert image.size == (64, 64) and image.mode == "RGB"
 
 
-# --- error messages, through the script's main() in-process ---------------------------------
+# --- errors -------------------------------------------------------------------------------------
 
-def test_mismatched_checkpoint_names_both_shapes(workspace, capsys):
-    status = cli.main(["embed", str(workspace / "images"), "--output", str(workspace / "x.safetensors"),
-                       "--model", "resnet10t", "--embed-dim", "8", "--num-prototypes", "6",
-                       "--checkpoint", str(workspace / "run" / "checkpoint")])
-    assert status == 1
-    error = capsys.readouterr().err
-    assert "(4, 512) (4 prototypes of 512 channels)" in error and "(6, 512) (6 prototypes of 512 channels)" in error
-
-
-def test_export_needs_to_know_the_architecture(workspace, tmp_path, capsys):
-    bare = tmp_path / "bare"
-    bare.mkdir()
-    shutil.copy(workspace / "run" / "checkpoint" / "model.safetensors", bare)
-    assert cli.main(["export", str(bare), str(tmp_path / "out")]) == 1
-    assert "cannot tell the architecture" in capsys.readouterr().err
-    # ... which --model and its flags give
-    assert cli.main(["export", str(bare), str(tmp_path / "out"), "--model", "resnet10t", "--embed-dim", "8",
-                     "--num-prototypes", "4"]) == 0
+def test_corrupt_model_folder_is_one_line_naming_the_path(workspace, exported, tmp_path, capsys, monkeypatch):
+    broken = tmp_path / "broken"
+    shutil.copytree(exported, broken)
+    (broken / "model.safetensors").write_bytes((broken / "model.safetensors").read_bytes()[:100])
+    args = ["embed", workspace / "images", "--model", broken, "-o", tmp_path / "x.safetensors"]
+    assert f"{broken / 'model.safetensors'}: unreadable weights" in fails(capsys, *args)
+    (broken / "config.json").write_text("{")
+    assert f"{broken / 'config.json'} is not readable JSON" in fails(capsys, *args)
+    # --debug, or TIMM_GSP_DEBUG=1, shows the traceback
+    with pytest.raises(timm_gsp.ConfigError):
+        cli.main(["--debug", *map(str, args)])
+    monkeypatch.setenv("TIMM_GSP_DEBUG", "1")
+    with pytest.raises(timm_gsp.ConfigError):
+        cli.main(list(map(str, args)))
 
 
-def test_push_fails_clearly_offline_and_without_token(exported, tmp_path, monkeypatch, capsys):
+def test_bad_image_in_a_loader_worker_is_one_line(exported, tmp_path, capsys):
+    images = make_images(tmp_path / "images", num_classes=1, per_class=3)
+    (images / "class0" / "img1.png").write_bytes(b"not an image" * 10)
+    err = fails(capsys, "embed", images, "--model", exported, "-o", tmp_path / "x.safetensors", "--workers", "2",
+                "--batch-size", "1", "--quiet")
+    assert "corrupt" in err and f"image {images / 'class0' / 'img1.png'}" in err
+    assert "Traceback" not in err and "DataLoader worker" not in err
+
+
+def test_missing_images_and_model_are_one_line(workspace, capsys):
+    assert "no such file or folder" in fails(capsys, "embed", workspace / "nowhere", "-o", "x.safetensors",
+                                             "--model", workspace / "hub")
+    assert "no such model" in fails(capsys, "embed", workspace / "images", "-o", "x.safetensors",
+                                    "--model", workspace / "nowhere")
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_push_errors_are_one_line_and_leave_the_folder_unchanged(exported, tmp_path, monkeypatch, capsys):
     from huggingface_hub import constants
 
+    before = _snapshot(exported)
+    assert "invalid repo id" in fails(capsys, "push", exported, "not a/valid repo!", "--token", "hf_unused")
+    assert "no such model folder" in fails(capsys, "push", tmp_path / "absent", "someone/model")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    assert cli.main(["push", str(exported), "someone/model", "--token", "hf_unused"]) == 1
-    assert "HF_HUB_OFFLINE" in capsys.readouterr().err
+    assert "HF_HUB_OFFLINE" in fails(capsys, "push", exported, "someone/model", "--token", "hf_unused")
     # Online but not logged in: no HF_TOKEN and no stored token file.
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
         monkeypatch.delenv(name, raising=False)
-    assert cli.main(["push", str(exported), "someone/model", "--no-verify"]) == 1
-    assert "needs a Hugging Face token" in capsys.readouterr().err
-    assert "<namespace>/<model-name>" in (exported / "README.md").read_text()  # the folder is untouched
-
-
-def test_timm_name_without_weights_and_missing_images_are_refused(workspace, capsys):
-    assert cli.main(["embed", str(workspace / "images"), "-o", "x.npy", "--model", "resnet10t"]) == 1
-    assert "needs --checkpoint" in capsys.readouterr().err
-    assert cli.main(["embed", str(workspace / "nowhere"), "-o", "x.npy", "--model", "local-dir:x"]) == 1
-    assert "no such file or folder" in capsys.readouterr().err
-
-
-def test_npy_embeddings_keep_their_paths(tmp_path):
-    embeddings = torch.randn(3, 5)
-    source = {"model": "local-dir:m", "checkpoint": None}
-    cli.write_embeddings(str(tmp_path / "e.npy"), embeddings, ["a.png", "b.png", "c.png"], source)
-    loaded, paths, model = cli.read_embeddings(str(tmp_path / "e.npy"))
-    assert torch.equal(loaded, embeddings) and paths == ["a.png", "b.png", "c.png"] and model == source
+    assert "needs a Hugging Face token" in fails(capsys, "push", exported, "someone/model", "--no-verify")
+    # A token, but the upload fails (the Hub endpoint is a closed local port).
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    assert "failed" in fails(capsys, "push", exported, "someone/model", "--token", "hf_unused")
+    assert _snapshot(exported) == before

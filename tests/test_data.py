@@ -13,13 +13,14 @@ from PIL import Image
 
 from fixtures_data import (
     corrupt_image, make_cars_tree, make_cub_tree, make_fixture_tree, make_folder_tree, make_inshop_tree,
-    make_sop_tree, truncate_image,
+    make_sop_tree, truncate_image, write_png16,
 )
 from timm_gsp.data import (
-    Augmentation, CollageConfig, CollageDataset, CorruptImageError, DatasetLayoutError,
+    Augmentation, CachedDataset, CollageConfig, CollageDataset, CorruptImageError, DatasetLayoutError,
     MPerClassBatchSampler, build_dataset, build_transforms, ensure_collage, evaluation_splits,
-    generate_collage, split_classes,
+    find_unreadable_images, generate_collage, load_rgb, split_classes,
 )
+from timm_gsp.errors import ConfigError
 
 SMALL_COLLAGE = dict(num_train_classes=6, num_test_classes=5, train_per_class=4, test_per_class=3, seed=3)
 
@@ -183,6 +184,39 @@ def test_corrupt_and_truncated_images(tmp_path):
         clean[i]
 
 
+def test_high_bit_depth_and_float_images_decode_to_8_bit(tmp_path):
+    ramp = np.linspace(0, 65535, 48 * 32).round().reshape(48, 32).astype(np.uint16)
+    grey16 = write_png16(tmp_path / "grey16.png", ramp)
+    with Image.open(grey16) as img:
+        assert img.mode == "I;16"  # the file really is 16-bit
+    decoded = np.asarray(load_rgb(grey16))
+    assert decoded.shape == (48, 32, 3) and decoded.dtype == np.uint8
+    assert np.array_equal(decoded, np.repeat(np.rint(ramp / 257)[..., None], 3, axis=2))  # not 99% white
+    rgb16 = np.stack([ramp, ramp[::-1], 65535 - ramp], axis=-1)
+    decoded = np.asarray(load_rgb(write_png16(tmp_path / "rgb16.png", rgb16)), dtype=np.int64)
+    assert np.abs(decoded - rgb16 / 257).max() <= 1  # Pillow keeps the high byte
+    unit = np.linspace(0, 1, 48 * 32, dtype=np.float32).reshape(48, 32)
+    Image.fromarray(unit).save(tmp_path / "float.tif")
+    with Image.open(tmp_path / "float.tif") as img:
+        assert img.mode == "F"
+    decoded = np.asarray(load_rgb(tmp_path / "float.tif"))
+    assert np.array_equal(decoded, np.repeat(np.rint(unit * 255)[..., None], 3, axis=2))  # not black
+
+
+def test_unmappable_float_image_refused_with_its_range(tmp_path):
+    root = make_folder_tree(tmp_path, num_classes=2, per_class=2)
+    bad = root / "class_00" / "hdr.tif"
+    Image.fromarray(np.linspace(-0.5, 3, 16 * 16, dtype=np.float32).reshape(16, 16)).save(bad)
+    with pytest.raises(CorruptImageError, match=rf"{bad}: .*\[-0.5, 3\]"):
+        load_rgb(bad)
+    ds = build_dataset("folder", root, "all")
+    with pytest.raises(CorruptImageError, match=str(bad)):
+        ds[ds.samples.index(str(bad))]
+    assert [p for p, _ in find_unreadable_images(ds.samples)] == [str(bad)]
+    with pytest.warns(RuntimeWarning, match="skipped 1 corrupt"):
+        assert str(bad) not in build_dataset("folder", root, "all", skip_corrupt=True).samples
+
+
 def test_skip_corrupt_relabels_when_a_class_vanishes(tmp_path):
     root = make_folder_tree(tmp_path, num_classes=4, per_class=2)
     for p in (root / "class_00").iterdir():
@@ -217,6 +251,40 @@ def test_folder_split_by_ratio_and_class_lists(tmp_path):
         build_dataset("folder", root, "train", train_classes=["class_99"])
 
 
+def symlink_or_skip(link: Path, target) -> None:
+    try:
+        link.symlink_to(target, target_is_directory=not str(target).endswith(".png"))
+    except (OSError, NotImplementedError):
+        pytest.skip("this platform cannot make symbolic links")
+
+
+def test_folder_symlink_loops_read_each_image_once(tmp_path):
+    root = make_folder_tree(tmp_path / "data", num_classes=6, per_class=6)
+    symlink_or_skip(root / "class_00" / "up", "..")
+    symlink_or_skip(root / "class_01" / "self", ".")
+    with pytest.warns(RuntimeWarning) as caught:
+        train = build_dataset("folder", root, "train")
+    assert len(caught) == 1 and "skipped 2 directory links" in str(caught[0].message)
+    assert (len(train), train.classes) == (18, ["class_00", "class_01", "class_02"])
+    for path, label in zip(train.samples, train.labels.tolist()):
+        assert Path(path).relative_to(root).parts == (train.classes[label], Path(path).name)
+    assert_contiguous(train)
+    # outside the root: skipped; a file link to an image read already: once; a shared folder inside
+    # the root: followed once, by the first class linking to it
+    outside = make_folder_tree(tmp_path / "outside", num_classes=1, per_class=2)
+    symlink_or_skip(root / "class_02" / "out", outside / "class_00")
+    symlink_or_skip(root / "class_03" / "copy.png", root / "class_03" / "img_0.png")
+    symlink_or_skip(root / "class_03" / "other_class.png", root / "class_05" / "img_0.png")
+    make_folder_tree(root / ".shared", num_classes=1, per_class=2)
+    symlink_or_skip(root / "class_04" / "more", root / ".shared")
+    symlink_or_skip(root / "class_05" / "more", root / ".shared")
+    with pytest.warns(RuntimeWarning, match="skipped 4 directory links"):
+        everything = build_dataset("folder", root, "all")
+    counts = dict(zip(everything.classes, torch.bincount(everything.labels).tolist()))
+    assert counts == {"class_00": 6, "class_01": 6, "class_02": 6, "class_03": 7, "class_04": 8, "class_05": 5}
+    assert len({Path(p).resolve() for p in everything.samples}) == len(everything) == 38
+
+
 def test_split_classes_deterministic_and_disjoint():
     tr, va = split_classes(50, 0.2, seed=1)
     assert (tr, va) == split_classes(list(range(50)), 0.2, seed=1)
@@ -241,6 +309,42 @@ def test_val_split_carved_from_train_classes(tmp_path):
     assert val.classes != build_dataset("cub", root, "val", val_fraction=0.3, val_seed=6).classes
     with pytest.raises(ValueError, match="val_fraction"):
         build_dataset("cub", root, "val")
+
+
+# ---------------------------------------------------------------- decoded-image cache
+
+def test_cached_dataset_serves_the_same_tensors(tmp_path):
+    root = make_folder_tree(tmp_path, num_classes=6, per_class=3, image_size=20)
+    transform = build_transforms({"input_size": (3, 16, 16), "crop_pct": 1.0}, False)
+    plain = build_dataset("folder", root, "train", transform, val_fraction=0.34)
+    cached = CachedDataset(plain, progress=False, num_threads=2)
+    assert (cached.samples, cached.classes, cached.num_classes) == (plain.samples, plain.classes, plain.num_classes)
+    assert torch.equal(cached.labels, plain.labels) and cached.nbytes == len(plain) * 20 * 20 * 3
+    for i in range(len(plain)):
+        assert torch.equal(cached[i][0], plain[i][0]) and cached[i][1] == plain[i][1]
+    # served from memory: the files are no longer read
+    shutil.rmtree(root)
+    loader = torch.utils.data.DataLoader(cached, batch_size=4, num_workers=2)
+    images, labels = next(iter(loader))
+    assert torch.equal(images, torch.stack([plain.transform(cached.load_image(i)) for i in range(4)]))
+    subset = cached.select_classes([1], split="val")
+    assert subset.samples == [s for s, l in zip(plain.samples, plain.labels.tolist()) if l == 1]
+    assert all(torch.equal(subset[i][0], cached[plain.samples.index(s)][0]) for i, s in enumerate(subset.samples))
+    cached.transform = None
+    clone = pickle.loads(pickle.dumps(cached))  # spawned workers get a copy
+    assert isinstance(cached[0][0], Image.Image) and np.array_equal(np.asarray(clone[1][0]), np.asarray(cached[1][0]))
+
+
+def test_cached_dataset_refuses_past_its_limit_before_decoding_everything(tmp_path, monkeypatch):
+    root = make_folder_tree(tmp_path, num_classes=4, per_class=20, image_size=32)
+    dataset = build_dataset("folder", root, "all")
+    decoded = []
+    monkeypatch.setattr(dataset, "load_image", lambda i: decoded.append(i) or load_rgb(dataset.samples[i]))
+    with pytest.raises(ConfigError) as error:
+        CachedDataset(dataset, max_bytes=200_000, progress=False)
+    assert str(error.value).startswith("--cache-images: folder/all (80 images) decodes to about 0.2 MiB, over the 0.2 MiB")
+    assert len(decoded) <= 32  # refused from the estimate
+    assert len(CachedDataset(dataset, max_bytes=80 * 32 * 32 * 3, progress=False)) == 80
 
 
 # ---------------------------------------------------------------- collage

@@ -37,6 +37,17 @@ def test_example_input_has_the_models_input_size():
     assert example_input(model, batch_size=3).shape == (3, 3, 64, 64)
 
 
+def test_example_input_takes_the_size_the_model_is_built_for_from_its_description():
+    """timm has no public accessor of a model's img_size: the description (or data config) says it."""
+    config = timm_gsp.RetrievalModelConfig("test_vit", embed_dim=8, pool="gsp", model_kwargs={"img_size": 48})
+    model = config.build().eval()
+    assert example_input(model, config).shape == (2, 3, 48, 48)
+    assert example_input(model, {"input_size": (3, 32, 32)}).shape == (2, 3, 32, 32)
+    assert example_input(model, 40, batch_size=3).shape == (3, 3, 40, 40)
+    with torch.no_grad():  # the model runs at that size
+        assert model(example_input(model, config)).shape == (2, 8)
+
+
 @torch.no_grad()
 def test_exported_program_matches_eager_on_new_inputs(cnn, program):
     exported = program.module()

@@ -2,9 +2,12 @@
 
 Round trips train a few steps (so the prototypes have moved), save with ``save_pretrained`` and
 reload with nothing but timm in a fresh Python process, offline; embeddings must be identical.
+``load_model`` reads every kind of model source strictly; broken folders fail naming the path.
 """
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -13,46 +16,59 @@ import pytest
 import timm
 import torch
 import yaml
+from conftest import subprocess_env
 from pytorch_metric_learning.losses import ProxyAnchorLoss
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 import timm_gsp
-from timm_gsp import gsp_modules
+from timm_gsp import CheckpointMismatchError, ConfigError, HubUnavailableError, RetrievalModelConfig, gsp_modules
+from timm_gsp.checkpoint import save_checkpoint
 from timm_gsp.hub import (
     PUBLISHED_FILES,
-    CheckpointMismatchError,
-    HubUnavailableError,
+    find_model,
+    load_model,
     load_state_dict,
     push_to_hub,
-    read_results,
     read_state_dict,
     save_pretrained,
+    upload_folder,
 )
 from timm_gsp.losses import GSPMetricLoss
+from timm_gsp.run_results import RunResults
 
 NUM_CLASSES = 3
-RESULTS = {
-    "metrics": {"precision_at_1": 0.6172, "recall_at_1": 0.6172, "recall_at_2": 0.7346, "recall_at_4": 0.8231,
-                "recall_at_8": 0.8895, "r_precision": 0.3318, "map_at_r": 0.2187},
-    "config": {"dataset": "cub", "model": "resnet10t", "embed_dim": 8, "lr": 1e-4, "epochs": 2, "zsr_weight": 0.1,
-               "data_dir": "/home/someone/data/CUB_200_2011"},
+SPEC = timm_gsp.format_gsp_spec(num_prototypes=4)
+METRICS = {"precision_at_1": 0.6172, "recall_at_1": 0.6172, "recall_at_2": 0.7346, "recall_at_4": 0.8231,
+           "recall_at_8": 0.8895, "r_precision": 0.3318, "map_at_r": 0.2187}
+RECIPE = {"dataset": "cub", "model": "test_resnet", "embed_dim": 8, "lr": 1e-4, "epochs": 2, "zsr_weight": 0.1,
+          "data_dir": "/home/someone/data/CUB_200_2011"}
+# case -> (timm name, model_kwargs, input size): a native CNN, a native ViT and a wrapped family.
+MODELS = {
+    "cnn": ("test_resnet", {}, 64),
+    "vit": ("test_vit", {"img_size": 64}, 64),
+    "wrapped": ("xcit_nano_12_p16_224", {"img_size": 32}, 32),
 }
-# (name, create kwargs, input (H, W)): a native CNN, a native ViT and a wrapped family.
-MODELS = [
-    ("resnet10t", {}, (64, 64)),
-    ("vit_tiny_patch16_224", {"img_size": 64}, (64, 64)),
-    ("xcit_nano_12_p16_224", {"img_size": 64}, (64, 64)),
-]
 
 
-def train_briefly(name, kwargs, size, steps=2):
+def describe(case, **data_config):
+    name, kwargs, size = MODELS[case]
+    return RetrievalModelConfig(name, embed_dim=8, pool=SPEC, model_kwargs=kwargs,
+                                data_config={"input_size": [3, size, size], **data_config})
+
+
+def results_for(config):
+    return RunResults(model=config, metrics=METRICS, dataset="cub", eval_split="test", checkpoint="checkpoint",
+                      recipe=RECIPE)
+
+
+def train_briefly(config, steps=2):
     """A GSP model after a few SGD steps of a proxy loss + ZSR on random images, and its criterion."""
     torch.manual_seed(0)
-    model = timm_gsp.create_model(name, embed_dim=8, num_prototypes=4, **kwargs)
+    model = config.build()
     criterion = GSPMetricLoss(ProxyAnchorLoss(NUM_CLASSES, 8), model, num_classes=NUM_CLASSES)
     optimizer = torch.optim.SGD([*model.parameters(), *criterion.parameters()], lr=0.5)
-    images = torch.randn(2 * NUM_CLASSES, 3, *size)
+    images = torch.randn(2 * NUM_CLASSES, *config.input_size)
     labels = torch.arange(NUM_CLASSES).repeat(2)
     model.train()
     for _ in range(steps):
@@ -60,12 +76,6 @@ def train_briefly(name, kwargs, size, steps=2):
         criterion(model(images), labels).backward()
         optimizer.step()
     return model.eval(), criterion
-
-
-def _subprocess_env(**extra):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", **extra)
-    env.pop("HF_TOKEN", None)
-    return env
 
 
 # Loads each source with plain timm (+ import timm_gsp) and writes its embeddings of the input.
@@ -79,10 +89,11 @@ for source, inputs, output in json.loads(sys.argv[1]):
 """
 
 
-def reload_in_fresh_process(jobs, env=None):
+def reload_in_fresh_process(jobs, env):
     """``jobs``: [(source, input file, output file)]; one new interpreter for all (start-up is slow)."""
+    env = {k: v for k, v in env.items() if k != "HF_TOKEN"}
     subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, json.dumps([[str(a) for a in job] for job in jobs])],
-                   check=True, env=env or _subprocess_env(), timeout=300)
+                   check=True, env=env, timeout=300)
     outputs = []
     for _, _, output in jobs:
         with safe_open(str(output), framework="pt") as f:
@@ -90,19 +101,7 @@ def reload_in_fresh_process(jobs, env=None):
     return outputs
 
 
-def _wrapped_reload_supported(model, kwargs):
-    """GSPRetrievalNet must take timm's img_size for fixed-size backbones to reload (see report)."""
-    if not isinstance(model, timm_gsp.GSPRetrievalNet):
-        return True
-    try:
-        timm.create_model("gsp_retrieval", **dict(model._model_args, num_classes=8, global_pool=model.global_pool,
-                                                  img_size=kwargs.get("img_size", 224)))
-    except (TypeError, timm_gsp.GSPUnsupportedModelError):  # the plugin reports the TypeError as unsupported
-        return False
-    return True
-
-
-def _populate_hub_cache(cache, repo_id, folder):
+def populate_hub_cache(cache, repo_id, folder):
     """The layout a download leaves in the Hugging Face cache: refs/main -> snapshots/<commit>/files."""
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = cache / f"models--{repo_id.replace('/', '--')}"
@@ -115,66 +114,77 @@ def _populate_hub_cache(cache, repo_id, folder):
 
 
 @pytest.fixture(scope="module")
-def round_trips(tmp_path_factory):
-    """Per model id: (model, criterion, folder, reloaded embeddings or None, expected embeddings);
-    plus "hf-hub": the CNN loaded through ``hf-hub:`` from an offline cache."""
+def published(tmp_path_factory):
+    """case -> (model, criterion, config, folder, input x); every case published with save_pretrained."""
     root = tmp_path_factory.mktemp("hub")
-    cases, jobs = {}, []
-    for (name, kwargs, size), case in zip(MODELS, ("cnn", "vit", "wrapped")):
-        model, criterion = train_briefly(name, kwargs, size)
-        x = torch.randn(3, 3, *size)
-        save_file({"x": x}, str(root / f"{case}-x.safetensors"))
-        with torch.no_grad():
-            expected = model(x)
-        folder = None
-        if _wrapped_reload_supported(model, kwargs):
-            folder = save_pretrained(model, root / case, RESULTS, data_config={"input_size": (3, *size)},
-                                     repo_id="timm-gsp-test/tiny")
-            jobs.append((f"local-dir:{folder}", root / f"{case}-x.safetensors", root / f"{case}-y.safetensors"))
-        cases[case] = [model, criterion, folder, None, expected]
-    # The hub cache is read through huggingface_hub, offline: a separate interpreter with its env.
-    _populate_hub_cache(root / "cache", "timm-gsp-test/tiny", cases["cnn"][2])
-    jobs_hub = [("hf-hub:timm-gsp-test/tiny", root / "cnn-x.safetensors", root / "hub-y.safetensors")]
-    script_jobs = jobs + jobs_hub
-    env = _subprocess_env(HF_HUB_CACHE=str(root / "cache"))
-    outputs = reload_in_fresh_process(script_jobs, env)
-    by_output = {str(job[2]): out for job, out in zip(script_jobs, outputs)}
-    for case, values in cases.items():
-        values[3] = by_output.get(str(root / f"{case}-y.safetensors"))
-    cases["hf-hub"] = [cases["cnn"][0], None, None, by_output[str(root / "hub-y.safetensors")], cases["cnn"][4]]
+    cases = {}
+    for case in MODELS:
+        config = describe(case)
+        model, criterion = train_briefly(config)
+        folder = save_pretrained(model, root / case, results_for(config), repo_id="timm-gsp-test/tiny")
+        x = torch.randn(3, *config.input_size)
+        cases[case] = (model, criterion, config, folder, x)
     return cases
 
 
 @pytest.fixture(scope="module")
-def trained(round_trips):
-    model, criterion, *_ = round_trips["cnn"]
-    return model, criterion
+def reloaded(published, tmp_path_factory):
+    """case -> embeddings of the published folder reloaded by plain timm in a fresh process, plus
+    "hf-hub": the CNN loaded through ``hf-hub:`` from an offline cache."""
+    root = tmp_path_factory.mktemp("reload")
+    jobs = []
+    for case, (_, _, _, folder, x) in published.items():
+        save_file({"x": x}, str(root / f"{case}-x.safetensors"))
+        jobs.append((f"local-dir:{folder}", root / f"{case}-x.safetensors", root / f"{case}-y.safetensors"))
+    populate_hub_cache(root / "cache", "timm-gsp-test/tiny", published["cnn"][3])
+    jobs.append(("hf-hub:timm-gsp-test/tiny", root / "cnn-x.safetensors", root / "hub-y.safetensors"))
+    outputs = reload_in_fresh_process(jobs, subprocess_env(HF_HUB_CACHE=str(root / "cache")))
+    return dict(zip([*published, "hf-hub"], outputs))
 
 
-def test_training_moved_the_prototypes(trained):
-    model, _ = trained
+@pytest.fixture(scope="module")
+def cnn(published):
+    return published["cnn"]
+
+
+def test_training_moved_the_prototypes(cnn):
+    model, _, config, *_ = cnn
     torch.manual_seed(0)
-    fresh = timm_gsp.create_model("resnet10t", embed_dim=8, num_prototypes=4)
     (_, pool), = gsp_modules(model)
-    (_, fresh_pool), = gsp_modules(fresh)
+    (_, fresh_pool), = gsp_modules(config.build())
     assert not torch.equal(pool.prototypes, fresh_pool.prototypes)
 
 
 @pytest.mark.parametrize("case", ["cnn", "vit", "wrapped", "hf-hub"])
-def test_round_trip_is_bit_exact_in_a_fresh_process(round_trips, case):
-    model, _, folder, reloaded, expected = round_trips[case]
-    if case == "wrapped" and folder is None:
-        pytest.xfail("GSPRetrievalNet rejects the img_size that timm passes to fixed-size models on reload "
-                     "(factory.py change proposed to the lead)")
-    assert reloaded is not None and torch.equal(reloaded, expected)
-    if folder is not None:
-        config = json.loads((folder / "config.json").read_text())
-        assert config["pretrained_cfg"]["input_size"] == [3, 64, 64]
+def test_round_trip_is_bit_exact_in_a_fresh_process(published, reloaded, case):
+    model, _, config, _, x = published["cnn" if case == "hf-hub" else case]
+    with torch.no_grad():
+        expected = model(x)
+    assert torch.equal(reloaded[case], expected)
 
 
-def test_published_folder_holds_the_model_state_only(trained, tmp_path):
-    model, criterion = trained
-    folder = save_pretrained(model, tmp_path / "published", RESULTS)
+@pytest.mark.parametrize("case", ["cnn", "vit", "wrapped"])
+def test_config_records_the_description_and_explicit_model_args(published, case):
+    model, _, config, folder, _ = published[case]
+    written = json.loads((folder / "config.json").read_text())
+    args = written["model_args"]
+    if case == "wrapped":
+        assert written["architecture"] == "gsp_retrieval" and args["backbone"] == config.model_name
+        assert args["backbone_args"] == config.model_kwargs
+    else:
+        assert written["architecture"] == config.model_name
+        assert args["num_classes"] == 8 and args.get("img_size") == config.model_kwargs.get("img_size")
+    # the pool string, even for a token model whose head timm reads as unpooled
+    assert args["global_pool"] == written["global_pool"] == SPEC
+    assert written["timm_gsp"] == dataclasses.replace(config, data_config=written["timm_gsp"]["data_config"]).to_dict()
+    cfg = written["pretrained_cfg"]
+    assert cfg["input_size"] == list(config.input_size) == written["timm_gsp"]["data_config"]["input_size"]
+    assert cfg["interpolation"] and len(cfg["mean"]) == len(cfg["std"]) == 3 and cfg["crop_pct"]
+
+
+def test_published_folder_holds_the_model_state_only(cnn, tmp_path):
+    model, criterion, config, *_ = cnn
+    folder = save_pretrained(model, tmp_path / "published", model_config=config)
     assert sorted(p.name for p in folder.iterdir()) == sorted(PUBLISHED_FILES)
     with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
         keys = set(f.keys())
@@ -183,39 +193,21 @@ def test_published_folder_holds_the_model_state_only(trained, tmp_path):
     assert keys == set(model.state_dict())
     training_only = set(criterion.state_dict())
     assert training_only and not keys & training_only  # proxies and ZSR class embeddings stay out
-    assert not any("proxies" in k or "class_embed" in k for k in keys)
 
 
-def test_config_records_every_gsp_and_embedding_argument(trained, tmp_path):
-    model, _ = trained
-    folder = save_pretrained(model, tmp_path / "published", RESULTS, data_config={"input_size": (3, 64, 64), "crop_pct": 1.0})
-    config = json.loads((folder / "config.json").read_text())
-    assert config["architecture"] == "resnet10t"
-    args = config["model_args"]
-    assert args["num_classes"] == 8
-    assert timm_gsp.parse_gsp_spec(args["global_pool"]) == {"num_prototypes": 4, "transport_ratio": 0.3, "gamma": 5.0}
-    cfg = config["pretrained_cfg"]
-    assert cfg["input_size"] == [3, 64, 64] and cfg["crop_pct"] == 1.0
-    assert cfg["interpolation"] == "bicubic" and len(cfg["mean"]) == len(cfg["std"]) == 3
-    (pool,) = config["timm_gsp"]["pools"]
-    assert (pool["num_prototypes"], pool["feature_dim"], config["timm_gsp"]["embed_dim"]) == (4, 512, 8)
+def test_data_config_merges_into_the_description(cnn, tmp_path):
+    model, _, config, *_ = cnn
+    run = results_for(describe("cnn", crop_pct=0.9, interpolation="bilinear"))
+    folder = save_pretrained(model, tmp_path / "p", run, data_config={"crop_pct": 1.0})
+    cfg = json.loads((folder / "config.json").read_text())["pretrained_cfg"]
+    # crop_pct replaced; the run's input size and interpolation kept
+    assert (cfg["input_size"], cfg["crop_pct"], cfg["interpolation"]) == ([3, 64, 64], 1.0, "bilinear")
 
 
-@pytest.mark.parametrize("run", [
-    {"config": {"img_size": 96, "crop_pct": 0.9}},  # examples/train.py's arguments
-    {"config": {}, "data_config": {"input_size": [3, 96, 96], "crop_pct": 0.9, "interpolation": "bicubic"}},
-], ids=["run-args", "data-config"])
-def test_data_config_defaults_to_the_runs_preprocessing(trained, tmp_path, run):
-    model, _ = trained
-    config = json.loads((save_pretrained(model, tmp_path / "p", run) / "config.json").read_text())
-    assert config["pretrained_cfg"]["input_size"] == [3, 96, 96] and config["pretrained_cfg"]["crop_pct"] == 0.9
-
-
-def test_model_card_carries_the_results_file(trained, tmp_path):
-    model, _ = trained
-    results_path = tmp_path / "results.json"
-    results_path.write_text(json.dumps(RESULTS))
-    folder = save_pretrained(model, tmp_path / "published", results_path, repo_id="someone/gsp-resnet10t-cub")
+def test_model_card_carries_the_results(cnn, tmp_path):
+    model, _, config, *_ = cnn
+    results_path = results_for(config).write(tmp_path / "results.json")
+    folder = save_pretrained(model, tmp_path / "published", results_path, repo_id="someone/gsp-resnet-cub")
     card = (folder / "README.md").read_text()
     _, front, body = card.split("---\n", 2)
     meta = yaml.safe_load(front)
@@ -223,83 +215,213 @@ def test_model_card_carries_the_results_file(trained, tmp_path):
     assert {"image-retrieval", "metric-learning", "timm-gsp"} <= set(meta["tags"])
     (result,) = meta["model-index"][0]["results"]
     assert result["dataset"] == {"type": "cub", "name": "CUB-200-2011", "split": "test"}
-    assert {m["type"]: m["value"] for m in result["metrics"]} == RESULTS["metrics"]  # exact values
+    assert {m["type"]: m["value"] for m in result["metrics"]} == METRICS  # exact values
     for label, key in [("P@1", "precision_at_1"), ("R@4", "recall_at_4"), ("R-Precision", "r_precision"), ("MAP@R", "map_at_r")]:
-        assert f"| {label} | {100 * RESULTS['metrics'][key]:.2f} |" in body
+        assert f"| {label} | {100 * METRICS[key]:.2f} |" in body
     assert "| zsr_weight | 0.1 |" in body  # the recipe ...
     assert "/home/someone" not in body  # ... without local paths
-    assert 'timm.create_model("hf-hub:someone/gsp-resnet10t-cub", pretrained=True)' in body
+    assert 'timm.create_model("hf-hub:someone/gsp-resnet-cub", pretrained=True)' in body
     assert "2308.09228" in body and "Generalized Sum Pooling for Metric Learning" in body and "ICCV" in body
-    assert "gsp:num_prototypes=4" in body and "executes no code" in body
+    assert SPEC in body and "executes no code" in body and "retrieval.png" not in body
 
 
-def test_card_without_results_or_repo(trained, tmp_path):
-    model, _ = trained
-    card = (save_pretrained(model, tmp_path / "p") / "README.md").read_text()
+def test_card_without_results_or_repo_and_undefined_metrics(cnn, tmp_path):
+    model, _, config, *_ = cnn
+    card = (save_pretrained(model, tmp_path / "p", model_config=config) / "README.md").read_text()
     assert "No evaluation results" in card and "model-index" not in card and "<namespace>/<model-name>" in card
+    undefined = RunResults(model=config, metrics={"precision_at_1": float("nan")}, dataset="cub")
+    card = (save_pretrained(model, tmp_path / "q", undefined) / "README.md").read_text()
+    assert "| P@1 | n/a |" in card and "model-index" not in card
 
 
-def test_mismatched_prototypes_in_config_fail_naming_both_shapes(trained, tmp_path):
-    model, _ = trained
-    folder = save_pretrained(model, tmp_path / "published")
-    config = json.loads((folder / "config.json").read_text())
-    spec = timm_gsp.format_gsp_spec(num_prototypes=6)
-    config["global_pool"] = config["model_args"]["global_pool"] = spec
-    (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(RuntimeError, match=r"prototypes.*\[4, 512\].*\[6, 512\]"):
+def test_card_shows_example_pictures_of_the_evaluation_data(cnn, tmp_path, folder_tree):
+    from PIL import Image
+
+    from timm_gsp.data import build_dataset, build_eval_transform
+
+    model, _, config, *_ = cnn
+    data = build_dataset("folder", folder_tree(num_classes=3, per_class=3), "all", build_eval_transform(config.data_config))
+    folder = save_pretrained(model, tmp_path / "p", results_for(config), eval_dataset=data)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*PUBLISHED_FILES, "retrieval.png", "gsp_weights.png"])
+    card = (folder / "README.md").read_text()
+    assert "![Retrieval examples](retrieval.png)" in card and "![GSP pooling weights](gsp_weights.png)" in card
+    for name in ("retrieval.png", "gsp_weights.png"):
+        with Image.open(folder / name) as image:
+            assert image.width > 100 and image.height > 100
+
+
+def _edit_config(folder, edit):
+    written = json.loads((folder / "config.json").read_text())
+    edit(written)
+    (folder / "config.json").write_text(json.dumps(written))
+    return folder
+
+
+def _other_prototype_count(written):
+    written["global_pool"] = written["model_args"]["global_pool"] = timm_gsp.format_gsp_spec(num_prototypes=6)
+
+
+def test_config_prototype_count_that_disagrees_with_the_weights_is_refused(cnn, tmp_path):
+    folder = _edit_config(save_pretrained(cnn[0], tmp_path / "p", model_config=cnn[2]), _other_prototype_count)
+    with pytest.raises(CheckpointMismatchError, match=r"prototypes: \(4, 96\) \(4 prototypes.*\(6, 96\) \(6 prototypes"):
+        load_model(folder)
+
+
+def test_timm_load_refuses_a_config_with_another_prototype_count(cnn, tmp_path):
+    folder = _edit_config(save_pretrained(cnn[0], tmp_path / "p", model_config=cnn[2]), _other_prototype_count)
+    with pytest.raises(RuntimeError, match=r"prototypes.*\[4, 96\].*\[6, 96\]"):
         timm.create_model(f"local-dir:{folder}", pretrained=True)
 
 
-def test_mismatched_embedding_size_in_config_fails_naming_both_shapes(trained, tmp_path):
-    model, _ = trained
-    folder = save_pretrained(model, tmp_path / "published")
-    config = json.loads((folder / "config.json").read_text())
-    config["num_classes"] = config["model_args"]["num_classes"] = config["pretrained_cfg"]["num_classes"] = 16
-    (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(RuntimeError, match=r"fc\.weight.*\[8, 512\].*\[16, 512\]"):
+def test_config_embedding_size_that_disagrees_with_the_weights_is_refused(cnn, tmp_path):
+    """Issue #10 item 6: only model_args.num_classes edited (8 -> 4): no random embedding layer."""
+    folder = save_pretrained(cnn[0], tmp_path / "published", model_config=cnn[2])
+    _edit_config(folder, lambda written: written["model_args"].__setitem__("num_classes", 4))
+    with pytest.raises(CheckpointMismatchError, match=r"4 outputs.*weights are for 8"):
         timm.create_model(f"local-dir:{folder}", pretrained=True)
+    with pytest.raises(CheckpointMismatchError, match=r"fc\.weight: \(8, \d+\) in .*model\.safetensors, \(4, \d+\) in the model"):
+        load_model(folder)
 
 
-def test_weights_into_a_differently_sized_model_fail_naming_both_shapes(trained, tmp_path):
-    model, _ = trained
-    state = read_state_dict(save_pretrained(model, tmp_path / "published"))
-    other = timm_gsp.create_model("resnet10t", embed_dim=16, num_prototypes=6)
+def test_weights_into_a_differently_sized_model_fail_naming_both_shapes(cnn, tmp_path):
+    model, _, config, *_ = cnn
+    state = read_state_dict(save_pretrained(model, tmp_path / "published", model_config=config))
+    other = timm_gsp.create_model("test_resnet", embed_dim=16, num_prototypes=6)
     with pytest.raises(CheckpointMismatchError) as info:
         load_state_dict(other, state, source="published")
     message = str(info.value)
-    assert "(4, 512) (4 prototypes of 512 channels) in published, (6, 512) (6 prototypes of 512 channels) in the model" in message
-    assert "fc.weight: (8, 512) in published, (16, 512) in the model" in message
+    assert "\n" not in message
+    assert "(4, 96) (4 prototypes of 96 channels) in published, (6, 96) (6 prototypes of 96 channels) in the model" in message
+    assert "fc.weight: (8, 96) in published, (16, 96) in the model" in message
+
+
+def test_verify_refuses_a_description_that_builds_another_model(cnn, tmp_path):
+    model, _, config, *_ = cnn
+    wrong = RetrievalModelConfig("test_resnet", 8, timm_gsp.format_gsp_spec(num_prototypes=4, transport_ratio=0.5))
+    with pytest.raises(CheckpointMismatchError, match="embeddings differ"):
+        save_pretrained(model, tmp_path / "p", model_config=wrong)
 
 
 def test_only_safetensors_is_read(tmp_path):
     (tmp_path / "model.pth").write_bytes(b"not read")
-    with pytest.raises(ValueError, match="only safetensors"):
+    with pytest.raises(ConfigError, match="only safetensors"):
         read_state_dict(tmp_path / "model.pth")
 
 
-def test_folder_with_other_files_is_refused(trained, tmp_path):
+def test_output_that_is_a_file_or_holds_other_files_is_refused(cnn, tmp_path):
+    from timm_gsp import OutputExistsError
+
     (tmp_path / "optimizer.pt").write_bytes(b"")
-    with pytest.raises(FileExistsError, match="optimizer.pt"):
-        save_pretrained(trained[0], tmp_path)
+    with pytest.raises(OutputExistsError, match="optimizer.pt"):
+        save_pretrained(cnn[0], tmp_path, model_config=cnn[2])
+    with pytest.raises(OutputExistsError, match="not a folder"):
+        save_pretrained(cnn[0], tmp_path / "optimizer.pt", model_config=cnn[2])
 
 
-def test_results_are_validated(tmp_path):
-    assert read_results(None) == {"metrics": {}, "config": {}}
-    with pytest.raises(ValueError, match="must be a number"):
-        read_results({"metrics": {"precision_at_1": "high"}})
-    with pytest.raises(ValueError, match="metrics"):
-        read_results({"metrics": [0.5]})
+# --- load_model: every kind of source ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sources(cnn, tmp_path_factory):
+    """The CNN as a training run (checkpoint/ + checkpoint-best/ + results.json naming the best)."""
+    model, _, config, folder, _ = cnn
+    run = tmp_path_factory.mktemp("run")
+    save_checkpoint(run / "checkpoint-best", model.state_dict(), {"epoch": 1}, model_config=config)
+    other = config.build()  # the last epoch: other weights
+    save_checkpoint(run / "checkpoint", other.state_dict(), {"epoch": 2}, model_config=config)
+    RunResults(model=config, metrics=METRICS, dataset="cub", eval_split="test", checkpoint="checkpoint-best").write(run / "results.json")
+    return {"published": folder, "local-dir": f"local-dir:{folder}", "checkpoint": run / "checkpoint-best",
+            "run": run, "results": run / "results.json"}
 
 
-def test_push_offline_fails_before_writing_anything(trained, monkeypatch):
+@pytest.mark.parametrize("kind", ["published", "local-dir", "checkpoint", "run", "results"])
+def test_load_model_reads_every_kind_of_source(cnn, sources, kind):
+    model, _, _, _, x = cnn
+    loaded = load_model(sources[kind])
+    assert not loaded.training
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_load_model_from_the_hub_cache(cnn, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    populate_hub_cache(tmp_path / "cache", "someone/tiny", cnn[3])
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    found = find_model("hf-hub:someone/tiny")
+    assert found.source == "hf-hub:someone/tiny" and found.published
+    with torch.no_grad():
+        assert torch.equal(found.build()(cnn[4]), cnn[0](cnn[4]))
+    with pytest.raises(HubUnavailableError, match="hf-hub:someone/absent.*not in the local"):
+        find_model("hf-hub:someone/absent")
+    with pytest.raises(ConfigError, match="invalid repo id"):
+        find_model("hf-hub:not a repo!")
+
+
+def test_run_results_attach_only_to_the_checkpoint_they_measured(sources):
+    assert find_model(sources["run"]).results == sources["results"]
+    assert find_model(sources["checkpoint"]).results == sources["results"]
+    assert find_model(sources["run"] / "checkpoint").results is None  # the last epoch: not what was measured
+
+
+def _broken_copy(folder, tmp_path, name, content):
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    (broken / name).write_bytes(content)
+    return broken
+
+
+@pytest.mark.parametrize("name, content, error, match", [
+    ("config.json", b"{not json", ConfigError, "config.json is not readable JSON"),
+    ("config.json", b'{"model_args": {}}', ConfigError, "config.json is not a timm model config"),
+    ("model.safetensors", b"\x00" * 16, CheckpointMismatchError, "model.safetensors: unreadable weights"),
+])
+def test_corrupt_model_folder_fails_naming_the_path(cnn, tmp_path, name, content, error, match):
+    broken = _broken_copy(cnn[3], tmp_path, name, content)
+    with pytest.raises(error, match=match) as info:
+        load_model(broken)
+    assert str(broken) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_paths_that_hold_no_model_fail_naming_them(tmp_path):
+    with pytest.raises(ConfigError, match=f"no such model: {tmp_path / 'absent'}"):
+        load_model(tmp_path / "absent")
+    with pytest.raises(ConfigError, match="is not a model: expected a published folder"):
+        load_model(tmp_path)
+
+
+# --- the Hub ------------------------------------------------------------------------------------
+
+def test_push_offline_fails_before_writing_anything(cnn, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(HubUnavailableError, match="offline"):
-        push_to_hub(trained[0], "someone/model", RESULTS, token="hf_unused")
+        push_to_hub(cnn[0], "someone/model", model_config=cnn[2], token="hf_unused")
 
 
-def _hub_reachable(token):
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_failed_upload_leaves_the_folder_unchanged(cnn, tmp_path, monkeypatch):
+    """Issue #10 item 5. The upload fails for real: the Hub endpoint is a closed local port."""
+    from huggingface_hub import constants
+
+    folder = save_pretrained(cnn[0], tmp_path / "p", model_config=cnn[2])
+    before = _snapshot(folder)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(HubUnavailableError, match="uploading .* to someone/model failed"):
+        upload_folder(folder, "someone/model", token="hf_unused")
+    with pytest.raises(ConfigError, match="invalid repo id 'not a/valid id!'"):
+        upload_folder(folder, "not a/valid id!", token="hf_unused")
+    with pytest.raises(ConfigError, match="no such model folder"):
+        upload_folder(tmp_path / "absent", "someone/model", token="hf_unused")
+    assert _snapshot(folder) == before and "<namespace>/<model-name>" in before["README.md"].decode()
+
+
+def _hub_user(token):
     from huggingface_hub import HfApi
 
     try:
@@ -308,7 +430,7 @@ def _hub_reachable(token):
         return None
 
 
-def test_real_upload_round_trip(trained, tmp_path):
+def test_real_upload_round_trip(cnn, tmp_path):
     token = os.environ.get("HF_TOKEN")
     if not token:
         pytest.skip("no HF_TOKEN: the real Hub upload test needs a token with write access")
@@ -316,21 +438,20 @@ def test_real_upload_round_trip(trained, tmp_path):
 
     if constants.HF_HUB_OFFLINE:
         pytest.skip("HF_HUB_OFFLINE=1: the real Hub upload test needs the network")
-    user = _hub_reachable(token)
+    user = _hub_user(token)
     if user is None:
         pytest.skip("huggingface.co is unreachable or the token is invalid")
-    model, _ = trained
+    model, _, config, _, x = cnn
     repo_id = f"{user}/timm-gsp-test-{uuid.uuid4().hex[:8]}"
     try:
-        push_to_hub(model, repo_id, RESULTS, token=token, private=True)
+        push_to_hub(model, repo_id, results_for(config), token=token, private=True)
         uploaded = {f for f in HfApi(token=token).list_repo_files(repo_id)} - {".gitattributes"}
         assert uploaded == set(PUBLISHED_FILES)
-        x = torch.randn(2, 3, 64, 64)
         save_file({"x": x}, str(tmp_path / "x.safetensors"))
         with torch.no_grad():
             expected = model(x)
         env = dict(os.environ, HF_HUB_OFFLINE="0", HF_HUB_CACHE=str(tmp_path / "cache"))
-        (reloaded,) = reload_in_fresh_process([(f"hf-hub:{repo_id}", tmp_path / "x.safetensors", tmp_path / "y.safetensors")], env)
-        assert torch.equal(reloaded, expected)
+        (got,) = reload_in_fresh_process([(f"hf-hub:{repo_id}", tmp_path / "x.safetensors", tmp_path / "y.safetensors")], env)
+        assert torch.equal(got, expected)
     finally:
         HfApi(token=token).delete_repo(repo_id, missing_ok=True)

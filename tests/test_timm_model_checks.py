@@ -17,8 +17,9 @@ import torch
 from timm.layers import set_scriptable
 from timm.models import create_feature_extractor, get_graph_node_names
 
-import timm_gsp
 from timm_gsp import gsp_modules
+
+from model_zoo import reachable
 
 SPEC = "gsp:num_prototypes=8,transport_ratio=0.3,gamma=5.0"
 SMALL_TOKEN = {"depth": 2, "embed_dim": 64, "num_heads": 2}
@@ -48,6 +49,8 @@ def _create(name, kwargs, scriptable=False, **extra):
 
 
 def _gsp(name, kwargs, scriptable=False):
+    if not reachable(name):
+        pytest.skip(f"{name}'s constructor refuses global_pool='gsp' on this timm release (test_timm_plugin checks the error)")
     torch.manual_seed(0)
     model = _create(name, kwargs, scriptable, global_pool=SPEC)
     assert len(gsp_modules(model)) == 1
@@ -155,7 +158,7 @@ def test_pretrained_final_norm_is_kept_and_applied_to_every_token(name, kwargs, 
     path = tmp_path / "checkpoint.pth"
     torch.save(state, path)
     gsp_kwargs = {k: v for k, v in kwargs.items() if k != "global_pool"}
-    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, num_classes=0,
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path), "custom_load": False}, num_classes=0,
                               global_pool=SPEC, **gsp_kwargs).eval()
     loaded = model.state_dict()
     norms = [k for k in loaded if k.endswith("norm.weight") and torch.equal(loaded[k], perturbed[f"{norm}.weight"])]

@@ -1,64 +1,81 @@
 """The ``timm-gsp`` command: embed, search, eval, export, push, show.
 
-Every command that runs a model takes it the same way::
+Every command that runs a model takes it as ``--model SOURCE`` (``hub.find_model``)::
 
-    --model hf-hub:<repo> | local-dir:<folder>      a published model (weights included)
-    --model <timm name> [--embed-dim ... --num-prototypes ...] --checkpoint <model.safetensors or folder>
-    --checkpoint <folder with timm's config.json>   (e.g. a folder written by ``timm-gsp export``)
+    hf-hub:<repo>[@revision]     a published model on the Hub (or in the local cache)
+    local-dir:<folder> | <folder> a published folder (``timm-gsp export`` writes one)
+    <checkpoint folder>          a training checkpoint (model_config.json + model.safetensors)
+    <run folder>                 a training run: the checkpoint its results.json names
 
-Embeddings files (``embed`` writes, ``search`` reads): ``.safetensors`` with the tensor
-``embeddings`` (M, D) and the image paths and model in its metadata, or ``.npy`` with a
-``<file>.json`` beside it holding the paths and model. Embeddings are the model's raw outputs;
-``search`` ranks by cosine similarity.
+``embed`` writes an index file (``timm_gsp.search``): the embeddings, the image paths, their class
+labels when the images sit in class folders, and the model that made them (source + fingerprint),
+so ``search`` refuses queries embedded by another model. Under ``torchrun`` the images are sharded
+across the processes and rank 0 writes one index, the same as a one-process run.
+
+Errors about the input are printed as one line, ``timm-gsp <command>: error: ...``, exit status 1;
+``--debug`` (or ``TIMM_GSP_DEBUG=1``) shows their traceback. Other errors are bugs: traceback.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .data.images import is_image_file
+from .errors import DEBUG_ENV, ConfigError, TimmGSPError, one_line, wants_traceback
 
-__all__ = ["main", "build_parser", "collect_images", "read_embeddings", "write_embeddings"]
-
-EMBEDDINGS_KEY = "embeddings"
-EMBEDDINGS_FORMAT = "timm-gsp-embeddings/1"
-# Flags of a timm model name, passed to timm_gsp.create_model (None = create_model's default).
-_CREATE_FLAGS = ("embed_dim", "num_prototypes", "transport_ratio", "gamma", "pool", "img_size")
-# Architecture keys of a training run's config (examples/train.py); its img_size is a preprocessing
-# size there, not a model argument, so it is not among them.
-_RUN_MODEL_KEYS = ("embed_dim", "num_prototypes", "transport_ratio", "gamma", "pool")
-_RUN_POOLS = {"gap": "avg"}  # train.py's --pool names -> timm_gsp.create_model's
+__all__ = ["main", "build_parser", "collect_images", "read_labels"]
 
 
-class CommandError(Exception):
-    """A user-facing failure: printed as one line, exit status 1."""
+# --- images -------------------------------------------------------------------------------------
 
+def collect_images(paths: Sequence[str]) -> List[Tuple[str, Optional[str]]]:
+    """``(absolute path, class)`` of the image files named directly (class: None) and of those below
+    named folders (sorted, recursive; class: the first folder below the named one, as in a
+    ``root/<class>/<images>`` dataset; None for an image directly in the named folder)."""
+    from .data.images import is_image_file
 
-# --- images and embeddings files ----------------------------------------------------------------
-
-def collect_images(paths: Sequence[str]) -> List[str]:
-    """Image files named directly, plus the image files below named folders (sorted, recursive)."""
-    found: List[str] = []
+    found: List[Tuple[str, Optional[str]]] = []
     for raw in paths:
-        path = Path(raw)
+        path = Path(raw).expanduser().resolve()
         if path.is_dir():
-            found += sorted(str(p) for p in path.rglob("*") if p.is_file() and is_image_file(p))
+            for file in sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p)):
+                parts = file.relative_to(path).parts
+                found.append((str(file), parts[0] if len(parts) > 1 else None))
         elif path.is_file():
-            found.append(str(path))
+            found.append((str(path), None))
         else:
-            raise CommandError(f"no such file or folder: {raw}")
+            raise ConfigError(f"no such file or folder: {raw}")
     if not found:
-        raise CommandError(f"no images found in {list(paths)}")
+        raise ConfigError(f"no images found in {list(paths)}")
     return found
 
 
+def read_labels(file: str, paths: Sequence[str]) -> List[str]:
+    """The class of each image from a JSON file ``{"image path": "class", ...}`` (paths absolute or
+    relative to the file's folder)."""
+    source = Path(file)
+    try:
+        mapping = json.loads(source.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot read labels file {file}: {error}") from None
+    if not isinstance(mapping, dict) or not all(isinstance(v, (str, int)) for v in mapping.values()):
+        raise ConfigError(f"labels file {file}: expected a JSON object {{\"image path\": \"class\", ...}}")
+    by_path = {str((source.parent / k).expanduser().resolve()): str(v) for k, v in mapping.items()}
+    missing = [p for p in paths if p not in by_path]
+    if missing:
+        raise ConfigError(f"labels file {file} has no class for {len(missing)} images, e.g. {missing[0]}")
+    return [by_path[p] for p in paths]
+
+
 class _ImageFiles(torch.utils.data.Dataset):
-    """``dataset[i] -> transform(RGB image i)``."""
+    """``dataset[i] -> (transform(RGB image i), i)``; unreadable files raise one-line errors."""
 
     def __init__(self, paths: Sequence[str], transform: Callable):
         self.paths, self.transform = list(paths), transform
@@ -66,157 +83,135 @@ class _ImageFiles(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        from PIL import Image, UnidentifiedImageError
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        from .data.images import load_rgb
 
-        try:
-            with Image.open(self.paths[index]) as image:
-                return self.transform(image.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as error:
-            raise CommandError(f"cannot read image {self.paths[index]}: {error}") from error
-
-
-def write_embeddings(path: str, embeddings: torch.Tensor, paths: Sequence[str], source: Dict[str, Any]) -> Path:
-    """Write (M, D) embeddings with their image paths and the model that made them."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": EMBEDDINGS_FORMAT, "paths": list(paths), "model": source}
-    if out.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        # safetensors metadata is str -> str: the lists and dicts go in as JSON.
-        save_file({EMBEDDINGS_KEY: embeddings.contiguous()}, str(out),
-                  metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
-    elif out.suffix == ".npy":
-        import numpy as np
-
-        np.save(out, embeddings.numpy())
-        Path(f"{out}.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    else:
-        raise CommandError(f"embeddings file must end in .safetensors or .npy, got {out.name}")
-    return out
-
-
-def read_embeddings(path: str) -> Tuple[torch.Tensor, List[str], Dict[str, Any]]:
-    """(embeddings (M, D), image paths (M,), model source) of a file written by ``write_embeddings``."""
-    file = Path(path)
-    if not file.is_file():
-        raise CommandError(f"no such embeddings file: {path}")
-    if file.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(file), framework="pt") as f:
-            embeddings, raw = f.get_tensor(EMBEDDINGS_KEY), f.metadata() or {}
-        meta = {k: (v if k == "format" else json.loads(v)) for k, v in raw.items()}
-    elif file.suffix == ".npy":
-        import numpy as np
-
-        embeddings = torch.from_numpy(np.load(file, allow_pickle=False))
-        meta = json.loads(Path(f"{file}.json").read_text(encoding="utf-8"))
-    else:
-        raise CommandError(f"embeddings file must end in .safetensors or .npy, got {file.name}")
-    paths = meta.get("paths") or []
-    if embeddings.dim() != 2 or len(paths) != embeddings.shape[0]:
-        raise CommandError(f"{path}: {tuple(embeddings.shape)} embeddings for {len(paths)} paths")
-    return embeddings.float(), paths, meta.get("model") or {}
+        return self.transform(load_rgb(self.paths[index], layout="image")), index
 
 
 # --- the model ----------------------------------------------------------------------------------
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument("--model", help="hf-hub:<repo>, local-dir:<folder>, or a timm model name (with the flags below)")
-    group.add_argument("--checkpoint", help="model.safetensors, or a folder holding it (with timm's config.json: --model not needed)")
-    group.add_argument("--embed-dim", type=int, help="for a timm name: embedding size (default 512)")
-    group.add_argument("--num-prototypes", type=int, help="for a timm name: GSP prototypes (default 64)")
-    group.add_argument("--transport-ratio", type=float, help="for a timm name: GSP transport ratio (default 0.3)")
-    group.add_argument("--gamma", type=float, help="for a timm name: GSP gamma (default 5)")
-    group.add_argument("--pool", help="for a timm name: 'gsp' (default) or a timm pool for baselines")
-    group.add_argument("--img-size", type=int, help="for a timm name: img_size of fixed-size models (ViT, ...)")
-    group.add_argument("--input-size", type=int, help="resize images to this size (default: the model's config)")
-    group.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+@dataclass
+class _Loaded:
+    """A model ready to embed: built, on its device, with its evaluation preprocessing."""
 
-
-def _model_source(args: argparse.Namespace) -> Dict[str, Any]:
-    """How the model was given: enough for ``search`` to rebuild it from an embeddings file."""
-    create = {k: getattr(args, k) for k in _CREATE_FLAGS if getattr(args, k, None) is not None}
-    checkpoint = str(Path(args.checkpoint).resolve()) if args.checkpoint else None
-    model = args.model
-    if model and model.startswith("local-dir:"):  # absolute, so the record works from any folder
-        model = f"local-dir:{Path(model[len('local-dir:'):]).resolve()}"
-    return {"model": model, "checkpoint": checkpoint, "create_args": create, "input_size": args.input_size}
+    model: torch.nn.Module
+    found: Any  # hub.ModelFolder
+    data_config: Dict[str, Any]
+    transform: Callable
 
 
 def _device(args: argparse.Namespace) -> torch.device:
-    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.device:
+        return torch.device(args.device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
 
 
-def _load(source: Dict[str, Any], device: torch.device) -> Tuple[torch.nn.Module, Callable, Dict[str, Any]]:
-    """(model in eval mode, eval transform, data config) of a model source."""
-    from timm.data import create_transform, resolve_data_config
+def _load(found: Any, args: argparse.Namespace) -> _Loaded:
+    from .data import build_eval_transform
+    from .hub import evaluation_data_config
 
-    from .hub import load_model
-
-    name, checkpoint = source.get("model"), source.get("checkpoint")
-    if not name and not checkpoint:
-        raise CommandError("give --model (hf-hub:<repo>, local-dir:<folder> or a timm name) and/or --checkpoint")
-    if name and not name.startswith(("hf-hub:", "hf_hub:", "local-dir:")) and not checkpoint:
-        # A bare timm name has a freshly initialised head: its embeddings would mean nothing.
-        raise CommandError(f"--model {name} needs --checkpoint with its trained weights "
-                           "(or give a published model: hf-hub:<repo> / local-dir:<folder>)")
-    model = load_model(name, checkpoint, **source.get("create_args", {}))
-    model = model.to(device).eval()
-    config = resolve_data_config(model=model)
-    if source.get("input_size"):
-        config["input_size"] = (config["input_size"][0], source["input_size"], source["input_size"])
-    return model, create_transform(**config), config
+    model = found.build().to(_device(args))
+    data_config = evaluation_data_config(model, found.config)
+    return _Loaded(model, replace(found, config=replace(found.config, data_config=data_config)), data_config,
+                   build_eval_transform(data_config))
 
 
-@torch.no_grad()
-def _embed(model: torch.nn.Module, transform: Callable, paths: Sequence[str], device: torch.device,
-           batch_size: int, workers: int, quiet: bool) -> torch.Tensor:
-    """(M, D) float32 embeddings of the images, batched, with a progress bar."""
-    from tqdm import tqdm
+def _positive(value: int, flag: str) -> int:
+    if value < 1:
+        raise ConfigError(f"{flag} must be >= 1, got {value}")
+    return value
 
-    loader = torch.utils.data.DataLoader(_ImageFiles(paths, transform), batch_size=batch_size, num_workers=workers)
-    out = []
-    with tqdm(total=len(paths), unit="img", desc="embed", disable=quiet, file=sys.stderr) as bar:
-        for images in loader:
-            out.append(model(images.to(device)).float().cpu())
-            bar.update(images.shape[0])
-    return torch.cat(out)
+
+def _embed_files(loaded: _Loaded, paths: Sequence[str], args: argparse.Namespace) -> Optional[torch.Tensor]:
+    """(M, D) float32 embeddings of the images; under torchrun each process embeds its shard and
+    rank 0 gets all of them in order (the other ranks get None)."""
+    from .evaluate import embed_dataset
+    from .utils import world_size_and_rank
+
+    embeddings, order = embed_dataset(loaded.model, _ImageFiles(paths, loaded.transform), batch_size=args.batch_size,
+                                      num_workers=args.workers, device=_device(args), progress=not args.quiet)
+    world_size, rank = world_size_and_rank()
+    if world_size == 1:
+        return embeddings.cpu()
+    parts = [None] * world_size if rank == 0 else None
+    torch.distributed.gather_object((embeddings.cpu(), order.cpu()), parts, dst=0)
+    if rank != 0:
+        return None
+    merged = torch.empty(len(paths), parts[0][0].shape[1])
+    for rows, indices in parts:
+        merged[indices] = rows
+    return merged
+
+
+def _start_distributed() -> bool:
+    """Join the torchrun job this process belongs to (gloo on CPU, nccl on GPUs); False outside one."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
 
 
 # --- commands -----------------------------------------------------------------------------------
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    paths = collect_images(args.images)
-    source = _model_source(args)
-    device = _device(args)
-    model, transform, _ = _load(source, device)
-    embeddings = _embed(model, transform, paths, device, args.batch_size, args.workers, args.quiet)
-    out = write_embeddings(args.output, embeddings, paths, source)
-    print(f"wrote {embeddings.shape[0]} embeddings of size {embeddings.shape[1]} to {out}")
+    from .hub import find_model
+    from .search import model_fingerprint, write_index
+
+    if Path(args.output).exists() and not args.overwrite:
+        raise ConfigError(f"{args.output} exists: pass --overwrite to replace it")
+    images = collect_images(args.images)
+    paths = [path for path, _ in images]
+    classes = [label for _, label in images]
+    labels = read_labels(args.labels, paths) if args.labels else (classes if None not in classes else None)
+    distributed = _start_distributed()
+    try:
+        loaded = _load(find_model(args.model), args)
+        embeddings = _embed_files(loaded, paths, args)
+        if embeddings is not None:  # rank 0 (or the only process) writes the index
+            record = {"source": loaded.found.source, "fingerprint": model_fingerprint(loaded.model),
+                      "config": loaded.found.config.to_dict()}
+            out = write_index(args.output, embeddings, paths, record, labels, overwrite=args.overwrite)
+            print(f"wrote {embeddings.shape[0]} embeddings of size {embeddings.shape[1]} to {out}"
+                  + (f" with {len(set(labels))} classes" if labels else ""))
+    finally:
+        if distributed:
+            torch.distributed.destroy_process_group()
     return 0
 
 
+def _query_labels(args: argparse.Namespace, images: List[Tuple[str, Optional[str]]], known: Optional[List[str]]) -> List[Optional[str]]:
+    """Each query's class: ``--query-labels``, else its class folder or parent folder's name when the
+    index knows that class (else None: the sheet then draws no right / wrong frames)."""
+    paths = [path for path, _ in images]
+    if args.query_labels:
+        return read_labels(args.query_labels, paths)
+    classes = set(known or ())
+    return [label if label in classes else None for label in (c or Path(p).parent.name for p, c in images)]
+
+
 def cmd_search(args: argparse.Namespace) -> int:
-    gallery, gallery_paths, indexed_source = read_embeddings(args.index)
-    queries = collect_images(args.queries)
-    # The queries must go through the model that embedded the gallery: by default, the recorded one.
-    source = _model_source(args) if (args.model or args.checkpoint) else indexed_source
-    device = _device(args)
-    model, transform, _ = _load(source, device)
-    query = _embed(model, transform, queries, device, args.batch_size, args.workers, args.quiet)
-    if query.shape[1] != gallery.shape[1]:
-        raise CommandError(f"query embeddings have size {query.shape[1]}, the index {gallery.shape[1]}: not the same model")
-    scores = torch.nn.functional.normalize(query, dim=1) @ torch.nn.functional.normalize(gallery, dim=1).T
-    top = scores.topk(min(args.top_k, gallery.shape[0]), dim=1)
-    results = [
-        {"query": q, "results": [{"rank": r + 1, "path": gallery_paths[i], "score": s}
-                                 for r, (s, i) in enumerate(zip(top.values[n].tolist(), top.indices[n].tolist()))]}
-        for n, q in enumerate(queries)
-    ]
+    from .hub import find_model
+    from .search import check_index_model, model_fingerprint, read_index, search
+
+    k = _positive(args.top_k, "--top-k")
+    index = read_index(args.index)
+    source = args.model or index.model.get("source")
+    if not source:
+        raise ConfigError(f"{args.index} records no model: pass --model")
+    images = collect_images(args.queries)
+    loaded = _load(find_model(source), args)
+    check_index_model(index, model_fingerprint(loaded.model), loaded.found.source)
+    queries = _embed_files(loaded, [path for path, _ in images], args)
+    scores, indices = search(queries, index, min(k, len(index)), backend=args.backend)
+    results = [{"query": path, "results": [{"rank": r + 1, "path": index.paths[i], "score": s,
+                                            **({"label": index.labels[i]} if index.labels else {})}
+                                           for r, (s, i) in enumerate(zip(row_scores, row_indices)) if i >= 0]}
+               for (path, _), row_scores, row_indices in zip(images, scores.tolist(), indices.tolist())]
     if args.json:
         print(json.dumps(results, indent=1))
     else:
@@ -224,89 +219,135 @@ def cmd_search(args: argparse.Namespace) -> int:
             print(item["query"])
             for hit in item["results"]:
                 print(f"  {hit['rank']:>3}  {hit['score']:.4f}  {hit['path']}")
+    if args.save:
+        _save_search_sheet(args.save, results, _query_labels(args, images, index.labels), args.thumb)
+        print(f"wrote {args.save}")
     return 0
+
+
+def _save_search_sheet(path: str, results: List[Dict[str, Any]], query_labels: List[Optional[str]], thumb: int) -> None:
+    from .viz import Hit, retrieval_sheet
+
+    hits = [[Hit(hit["path"], hit["score"], hit.get("label")) for hit in item["results"]] for item in results]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    retrieval_sheet([item["query"] for item in results], hits, query_labels=query_labels, thumb=thumb).save(path)
+
+
+def _eval_splits(args: argparse.Namespace) -> Dict[str, Any]:
+    """The evaluation datasets (no transform yet), their names checked before anything is built."""
+    from .data import DATASETS, build_dataset, evaluation_splits
+
+    if args.dataset not in DATASETS:
+        raise ConfigError(f"--dataset {args.dataset!r}: unknown dataset; expected one of {sorted(DATASETS)}")
+    names = tuple(args.split) if args.split else ("all",) if args.dataset == "folder" else evaluation_splits(args.dataset)
+    if len(names) > 1 and sorted(names) != ["gallery", "query"]:
+        raise ConfigError(f"--split: evaluate one split, or query and gallery; got {list(names)}")
+    splits = {}
+    for name in names:
+        try:
+            splits[name] = build_dataset(args.dataset, args.root, name)
+        except TimmGSPError:
+            raise
+        except ValueError as error:  # the data package reports a bad split name as a ValueError
+            raise ConfigError(f"--split {name}: {error}") from None
+    return splits
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    # Data and metrics are only needed here: importing them lazily keeps the other commands light.
-    from .data import build_dataset, evaluation_splits
-    from .evaluate import evaluate_retrieval
-    from .hub import metrics_table
+    from . import __version__
+    from .evaluate import embed_splits, score_embeddings, write_sheets
+    from .hub import find_model, metrics_table
+    from .run_results import RunResults
 
-    source = _model_source(args)
-    device = _device(args)
-    model, transform, data_config = _load(source, device)
-    if args.split:
-        split_names: Tuple[str, ...] = tuple(args.split)
-    else:
-        # A plain folder is evaluated whole; benchmarks on their held-out classes.
-        split_names = ("all",) if args.dataset == "folder" else evaluation_splits(args.dataset)
-    splits = {name: build_dataset(args.dataset, args.root, name, transform) for name in split_names}
-    if len(splits) > 1 and set(splits) != {"query", "gallery"}:
-        raise CommandError(f"evaluate one split, or query and gallery; got {list(splits)}")
-    metrics = evaluate_retrieval(model, splits, k_values=tuple(args.k), batch_size=args.batch_size,
-                                 num_workers=args.workers, device=device, progress=not args.quiet)
-    print(metrics_table(metrics))
+    for k in args.k:
+        _positive(k, "--k")
+    found = find_model(args.model)
+    splits = _eval_splits(args)
+    loaded = _load(found, args)
+    for dataset in splits.values():
+        dataset.transform = loaded.transform
+    embedded = embed_splits(loaded.model, splits, batch_size=args.batch_size, num_workers=args.workers,
+                            device=_device(args), progress=not args.quiet)
+    with warnings.catch_warnings():  # said once, below, in the tool's words
+        warnings.simplefilter("ignore")
+        metrics = score_embeddings(embedded, tuple(args.k))
+    results = RunResults(model=loaded.found.config, metrics=metrics, dataset=args.dataset,
+                         dataset_root=str(Path(args.root).resolve()) if args.root else None,
+                         eval_split="+".join(splits), checkpoint=loaded.found.source, timm_gsp_version=__version__)
+    undefined = sorted(k for k, v in results.metrics.items() if v is None)
+    if undefined:
+        print(f"timm-gsp eval: warning: no query of {'+'.join(splits)} has another item of its class: "
+              f"{', '.join(undefined)} are undefined (null)", file=sys.stderr)
+    table = metrics_table(results.metrics)
+    print(table)
     if args.output:
-        # The run config speaks create_model's vocabulary, so `export` can rebuild the model from it.
-        config = {"model": source["model"], "checkpoint": source["checkpoint"], **source["create_args"],
-                  "dataset": args.dataset, "root": args.root, "split": "+".join(split_names)}
-        results = {"metrics": metrics, "config": {k: v for k, v in config.items() if v is not None},
-                   "data_config": data_config}
-        Path(args.output).write_text(json.dumps(results, indent=1), encoding="utf-8")
+        results.write(args.output)
+    if args.report:
+        report = Path(args.report)
+        results.write(report / "metrics.json")
+        title = f"# Retrieval metrics of {loaded.found.source}\n\n{args.dataset}, split `{'+'.join(splits)}`\n\n"
+        (report / "metrics.md").write_text(title + table + "\n", encoding="utf-8")
+        write_sheets(report, loaded.model, splits, embedded, mean=loaded.data_config["mean"],
+                     std=loaded.data_config["std"], k=args.report_k)
+        print(f"wrote {report} ({', '.join(sorted(p.name for p in report.iterdir()))})")
     return 0
 
 
-def _export_model(args: argparse.Namespace, results: Dict[str, Any]) -> torch.nn.Module:
-    """The model of a training checkpoint (see ``cmd_export``)."""
-    from .hub import is_model_folder, load_model
+def _examples_data(results: Any, transform: Callable) -> Optional[Dict[str, Any]]:
+    """The run's evaluation datasets, if they can be rebuilt here (else None, with a note)."""
+    from .data import build_dataset
 
-    checkpoint = Path(args.checkpoint)
-    if not checkpoint.exists():
-        raise CommandError(f"no such checkpoint: {checkpoint}")
-    create = {k: getattr(args, k) for k in _CREATE_FLAGS if getattr(args, k, None) is not None}
-    if args.model:
-        return load_model(args.model, checkpoint, **create)
-    if is_model_folder(checkpoint):
-        return load_model(None, checkpoint)
-    run = results.get("config", {})
-    if isinstance(run.get("model"), str):
-        # A run config (examples/train.py's arguments) names the model and its head.
-        from_run = {k: run[k] for k in _RUN_MODEL_KEYS if run.get(k) is not None}
-        if "pool" in from_run:
-            from_run["pool"] = _RUN_POOLS.get(from_run["pool"], from_run["pool"])
-        return load_model(run["model"], checkpoint, **{**from_run, **create})
-    raise CommandError(
-        f"cannot tell the architecture of {checkpoint}: pass --model <timm name> with its GSP flags, "
-        "or keep timm's config.json (or a results.json whose config names 'model') beside model.safetensors"
-    )
+    if results is None or not results.dataset or not results.eval_split:
+        return None
+    if results.eval_split == "val":
+        print("timm-gsp export: note: no example pictures: the run evaluated a validation split carved from its "
+              "train classes", file=sys.stderr)
+        return None
+    try:
+        return {name: build_dataset(results.dataset, results.dataset_root, name, transform)
+                for name in results.eval_split.split("+")}
+    except (TimmGSPError, ValueError) as error:
+        print(f"timm-gsp export: note: no example pictures: the evaluation data is not reachable here ({error})",
+              file=sys.stderr)
+        return None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .hub import find_results, read_results, save_pretrained
+    from .data import build_eval_transform
+    from .hub import check_output_folder, evaluation_data_config, find_model, save_pretrained
+    from .run_results import read_results
 
-    results_path = args.results or find_results(args.checkpoint)
-    results = read_results(results_path)
-    model = _export_model(args, results)
-    data_config = {k: v for k, v in (("input_size", args.input_size), ("crop_pct", args.crop_pct)) if v is not None} or None
-    if data_config and "input_size" in data_config:
-        data_config["input_size"] = (3, args.input_size, args.input_size)
-    if Path(args.output).resolve() == Path(args.checkpoint).resolve():
-        raise CommandError("the output folder must differ from the checkpoint")
-    folder = save_pretrained(model, args.output, results, data_config=data_config, repo_id=args.repo_id,
-                             dataset=args.dataset, split=args.split, license=args.license)
+    found = find_model(args.source)
+    output = Path(args.output).expanduser().resolve()
+    if output == found.folder:
+        raise ConfigError("the output folder must differ from the model's folder")
+    check_output_folder(output)
+    results_path = args.results or found.results
+    results = read_results(results_path) if results_path else None
+    model = found.build()
+    input_size = (3, args.input_size, args.input_size) if args.input_size else None
+    data_config = evaluation_data_config(model, found.config, input_size=input_size, crop_pct=args.crop_pct)
+    eval_dataset = None if args.no_examples else _examples_data(results, build_eval_transform(data_config))
+    folder = save_pretrained(model, output, results, model_config=replace(found.config, data_config=data_config),
+                             repo_id=args.repo_id, dataset=args.dataset, split=args.split, license=args.license,
+                             eval_dataset=eval_dataset, batch_size=args.batch_size, num_workers=args.workers)
     print(f"wrote {folder} ({', '.join(sorted(p.name for p in folder.iterdir()))})"
-          + (f" with the metrics of {results_path}" if results_path else " (no results.json: the card has no metrics)"))
+          + (f" with the metrics of {results_path}" if results_path else " (no results: the card has no metrics)"))
+    if not results_path and (found.folder.parent / "results.json").is_file():
+        print(f"timm-gsp export: note: {found.folder.parent / 'results.json'} measured another checkpoint than "
+              f"{found.folder.name}: export the run folder {found.folder.parent} to publish the measured one",
+              file=sys.stderr)
     # The published preprocessing is what every user will apply: show it, it must be the run's.
-    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))["pretrained_cfg"]
-    print(f"published input: {'x'.join(map(str, cfg['input_size']))}, crop_pct {cfg.get('crop_pct')}, "
-          f"{cfg.get('interpolation')} (if the run evaluated otherwise, export again with --input-size / --crop-pct)")
+    print(f"published input: {'x'.join(map(str, data_config['input_size']))}, crop_pct {data_config.get('crop_pct')}, "
+          f"{data_config.get('interpolation')} (if the run evaluated otherwise, export again with --input-size / --crop-pct)")
     return 0
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .hub import upload_folder, verify_folder
+    from .hub import check_repo_id, published_files, upload_folder, verify_folder
 
+    check_repo_id(args.repo_id)
+    published_files(args.folder)
     if not args.no_verify:
         # What the Hub will serve must rebuild from its config.json and hold every tensor it needs.
         verify_folder(args.folder)
@@ -317,20 +358,21 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from .hub import find_model
     from .viz import save_overlays
 
-    paths = collect_images(args.images)
-    source = _model_source(args)
-    device = _device(args)
-    model, transform, config = _load(source, device)
+    images = collect_images(args.images)
+    loaded = _load(find_model(args.model), args)
+    paths = [path for path, _ in images]
     stems = _unique_stems(paths)
-    files = _ImageFiles(paths, transform)
+    files = _ImageFiles(paths, loaded.transform)
     written = 0
     for start in range(0, len(paths), args.batch_size):
         chunk = range(start, min(start + args.batch_size, len(paths)))
-        images = torch.stack([files[i] for i in chunk]).to(device)
-        written += len(save_overlays(model, images, args.output, [stems[i] for i in chunk], mean=config["mean"],
-                                     std=config["std"], top_prototypes=args.top_prototypes, alpha=args.alpha))
+        batch = torch.stack([files[i][0] for i in chunk]).to(_device(args))
+        written += len(save_overlays(loaded.model, batch, args.output, [stems[i] for i in chunk],
+                                     mean=loaded.data_config["mean"], std=loaded.data_config["std"],
+                                     top_prototypes=args.top_prototypes, alpha=args.alpha))
     print(f"wrote {written} PNG files to {args.output}")
     return 0
 
@@ -349,32 +391,49 @@ def _unique_stems(paths: Sequence[str]) -> List[str]:
 
 # --- the parser ---------------------------------------------------------------------------------
 
+MODEL_HELP = ("hf-hub:<repo>, local-dir:<folder> or a published folder, a training checkpoint folder, "
+              "or a training run folder (its results.json names the checkpoint)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .search import BACKENDS
 
     parser = argparse.ArgumentParser(prog="timm-gsp", description="Image retrieval with GSP (Generalized Sum Pooling) timm models.")
     parser.add_argument("--version", action="version", version=f"timm-gsp {__version__}")
+    parser.add_argument("--debug", action="store_true", help=f"show the traceback of errors (also: {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def model(p: argparse.ArgumentParser, required: bool = True) -> None:
+        p.add_argument("--model", required=required, help=MODEL_HELP)
+        p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
 
     def runner(p: argparse.ArgumentParser) -> None:
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--workers", type=int, default=0, help="image loading processes")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("embed", help="images or folders -> embeddings file")
-    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
-    p.add_argument("--output", "-o", required=True, help="embeddings file: .safetensors or .npy")
-    _add_model_args(p)
+    p = sub.add_parser("embed", help="images or folders -> an index file (runs under torchrun too)")
+    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively; root/<class>/<images> "
+                                             "records the classes)")
+    p.add_argument("--output", "-o", required=True, help="the index file to write (.safetensors)")
+    p.add_argument("--labels", help='JSON file {"image path": "class"} (default: the class folders, when all images sit in one)')
+    p.add_argument("--overwrite", action="store_true", help="replace an existing index file")
+    model(p)
     runner(p)
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("search", help="query images against an embeddings file: top-k with cosine scores")
+    p = sub.add_parser("search", help="query images against an index: top-k with cosine scores",
+                       description="The model defaults to the one recorded in the index; another model is refused.")
     p.add_argument("queries", nargs="+", help="query image files and/or folders")
-    p.add_argument("--index", required=True, help="embeddings file written by `timm-gsp embed`")
+    p.add_argument("--index", required=True, help="index file written by `timm-gsp embed`")
     p.add_argument("--top-k", "-k", type=int, default=5)
+    p.add_argument("--backend", choices=list(BACKENDS), default="exact", help="exact, or faiss (pip install faiss-cpu)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    _add_model_args(p)
-    p.description = "The model defaults to the one recorded in the index."
+    p.add_argument("--save", help="also write a retrieval sheet: each query with its top-k (PNG)")
+    p.add_argument("--query-labels", help='JSON file {"image path": "class"} (default: the parent folder names)')
+    p.add_argument("--thumb", type=int, default=112, help="thumbnail size of --save, pixels")
+    model(p, required=False)
     runner(p)
     p.set_defaults(func=cmd_search)
 
@@ -384,25 +443,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", nargs="+", help="default: the benchmark's test split(s); all classes for a folder")
     p.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8], help="the K of Recall@K")
     p.add_argument("--output", "-o", help="also write results.json (the input of `timm-gsp export --results`)")
-    _add_model_args(p)
+    p.add_argument("--report", help="folder for metrics.json, metrics.md, retrieval.png and gsp_weights.png")
+    p.add_argument("--report-k", type=int, default=5, help="results per query in the report's retrieval sheet")
+    model(p)
     runner(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("export", help="training checkpoint -> a folder ready for the Hub (local-dir:)",
-                       description="CHECKPOINT: model.safetensors (the model's state dict) or a folder holding it, "
-                                   "e.g. a training checkpoint folder (other files there, such as optimizer or loss "
-                                   "state, are ignored) or an already exported folder. The architecture comes from "
-                                   "--model and its flags, else timm's config.json beside the weights, else the "
-                                   "'model' key (and create_model arguments) of the run's results.json config.")
-    p.add_argument("checkpoint")
-    p.add_argument("output", help="the folder to write: model.safetensors, config.json, README.md")
-    p.add_argument("--results", help="the run's results.json (default: beside the checkpoint or one folder up)")
+    p = sub.add_parser("export", help="a trained model -> a folder ready for the Hub (local-dir:)",
+                       description="SOURCE: a training run folder (the checkpoint its results.json names, with those "
+                                   "metrics), a training checkpoint folder, or a published folder. Only the model's "
+                                   "weights and description are published, never the optimizer or loss state.")
+    p.add_argument("source", help=MODEL_HELP)
+    p.add_argument("output", help="the folder to write: model.safetensors, config.json, README.md (+ example pictures)")
+    p.add_argument("--results", help="the run's results.json (default: the run's, when its metrics are for these weights)")
     p.add_argument("--repo-id", help="Hub repo named in the model card (default: filled in by push)")
-    p.add_argument("--dataset", help="dataset for the card (default: results config 'dataset')")
-    p.add_argument("--split", help="evaluation split for the card (default: results config 'split', else test)")
+    p.add_argument("--dataset", help="dataset for the card (default: the results')")
+    p.add_argument("--split", help="evaluation split for the card (default: the results', else test)")
     p.add_argument("--license", default="apache-2.0")
-    p.add_argument("--crop-pct", type=float, help="evaluation crop_pct to publish (default: the run's, else the model's)")
-    _add_model_args(p)
+    p.add_argument("--input-size", type=int, help="evaluation image size to publish (default: the run's)")
+    p.add_argument("--crop-pct", type=float, help="evaluation crop_pct to publish (default: the run's)")
+    p.add_argument("--no-examples", action="store_true", help="no example pictures (they embed the evaluation data)")
+    runner(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("push", help="upload an exported folder to the Hugging Face Hub (needs a token)")
@@ -421,22 +482,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="folder for <image>_gsp.png and <image>_prototype<k>.png")
     p.add_argument("--top-prototypes", type=int, default=3, help="assignment maps of the prototypes with most mass")
     p.add_argument("--alpha", type=float, default=0.5, help="heat map opacity")
-    _add_model_args(p)
+    model(p)
     runner(p)
     p.set_defaults(func=cmd_show)
     return parser
 
 
+# --- errors -------------------------------------------------------------------------------------
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``timm-gsp`` console script; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from .hub import CheckpointMismatchError, HubUnavailableError
-
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CommandError, CheckpointMismatchError, HubUnavailableError, FileNotFoundError, FileExistsError) as error:
-        print(f"timm-gsp {args.command}: error: {error}", file=sys.stderr)
+    except TimmGSPError as error:
+        if wants_traceback(args.debug):
+            raise
+        print(f"timm-gsp {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 1
 
 

@@ -10,7 +10,10 @@ exceptions are bugs and keep their traceback.
 """
 from __future__ import annotations
 
+import os
+
 __all__ = [
+    "DEBUG_ENV",
     "CheckpointMismatchError",
     "ConfigError",
     "CorruptImageError",
@@ -19,7 +22,11 @@ __all__ = [
     "HubUnavailableError",
     "OutputExistsError",
     "TimmGSPError",
+    "one_line",
+    "wants_traceback",
 ]
+
+DEBUG_ENV = "TIMM_GSP_DEBUG"  # set to 1: the command-line tools show tracebacks instead of one-line errors
 
 
 class TimmGSPError(Exception):
@@ -58,3 +65,22 @@ class DatasetLayoutError(TimmGSPError, FileNotFoundError):
 class CorruptImageError(TimmGSPError, OSError):
     """An image file exists but cannot be decoded correctly (corrupt, truncated, not an image, or a
     pixel format that would lose its content). Single-string constructor, as above."""
+
+
+def one_line(error: BaseException) -> str:
+    """The one-line message of a user error. A DataLoader worker's error arrives with the worker's
+    traceback inside its message: only the original message is kept."""
+    text = str(error)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        name = type(error).__name__
+        for line in reversed(text.splitlines()):
+            head, sep, rest = line.partition(": ")
+            if sep and head.rsplit(".", 1)[-1] == name:
+                text = rest
+                break
+    return " ".join(text.split()) or type(error).__name__
+
+
+def wants_traceback(debug_flag: bool = False) -> bool:
+    """``--debug`` was given, or ``TIMM_GSP_DEBUG`` is set to something other than 0 / false."""
+    return debug_flag or os.environ.get(DEBUG_ENV, "").lower() not in ("", "0", "false")

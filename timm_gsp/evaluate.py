@@ -1,23 +1,43 @@
-"""Retrieval evaluation of a model on held-out classes, on one process or under DDP."""
+"""Retrieval evaluation of a model on held-out classes, on one process or under DDP, and the
+pictures that show it: a retrieval sheet (queries with their top-k) and a GSP weight-map sheet.
+
+    metrics = evaluate_retrieval(model, {"test": dataset})            # {"precision_at_1": ..., ...}
+
+    embedded = embed_splits(model, splits)                            # the same, in two steps,
+    metrics = score_embeddings(embedded)                              # keeping the embeddings
+    write_sheets(folder, model, splits, embedded, mean=..., std=...)  # for the pictures
+"""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
-import torch.distributed as dist
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from .errors import ConfigError
 from .metrics import RetrievalMetrics
+from .utils import PathLike, world_size_and_rank
 
-__all__ = ["embed_dataset", "evaluate_retrieval", "shard_indices"]
+__all__ = [
+    "SHEET_FILES",
+    "RetrievalExamples",
+    "embed_dataset",
+    "embed_splits",
+    "evaluate_retrieval",
+    "retrieval_examples",
+    "score_embeddings",
+    "shard_indices",
+    "write_sheets",
+]
 
-
-def _world() -> Tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
+# The pictures of a model's retrieval, as written into a report or a published model folder.
+SHEET_FILES = {"retrieval": "retrieval.png", "weights": "gsp_weights.png"}
+Embedded = Dict[str, Tuple[torch.Tensor, torch.Tensor]]  # split -> (embeddings (M, D), labels (M,))
 
 
 def shard_indices(length: int, world_size: int, rank: int) -> range:
@@ -38,8 +58,9 @@ def embed_dataset(
         amp_dtype: Optional[torch.dtype] = None,
         progress: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings (M, D) float32 and labels (M,) of this rank's shard of ``dataset``."""
-    world_size, rank = _world()
+    """Embeddings (M, D) float32 and labels (M,) of this rank's shard of ``dataset``
+    (``dataset[i] -> (model input, label)``; labels may be None, then they are -1)."""
+    world_size, rank = world_size_and_rank()
     device = device or next(model.parameters()).device
     shard = Subset(dataset, list(shard_indices(len(dataset), world_size, rank)))
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -61,6 +82,38 @@ def embed_dataset(
     return torch.cat(embeddings), torch.cat(labels)
 
 
+def _check_splits(splits: Dict[str, Dataset]) -> bool:
+    """Whether ``splits`` is a query/gallery pair (else it is one same-set split)."""
+    query_gallery = set(splits) == {"query", "gallery"}
+    if not query_gallery and len(splits) != 1:
+        raise ConfigError(f"evaluate one split, or query and gallery; got {sorted(splits)}")
+    return query_gallery
+
+
+def embed_splits(model: torch.nn.Module, splits: Dict[str, Dataset], **embed_kwargs) -> Embedded:
+    """``{split: (embeddings, labels)}`` of ``{"test": ds}`` or ``{"query": q, "gallery": g}``
+    (this rank's shard of each under DDP); ``embed_kwargs`` as ``embed_dataset`` takes them."""
+    _check_splits(splits)
+    return {name: embed_dataset(model, dataset, **embed_kwargs) for name, dataset in splits.items()}
+
+
+def score_embeddings(embedded: Embedded, k_values: Sequence[int] = (1, 2, 4, 8),
+                     distance: str = "cosine") -> Dict[str, float]:
+    """Retrieval metrics of ``embed_splits`` output; under DDP the metric gathers every rank's
+    shard, so every rank returns the metrics of the whole set. NaN where no query has a
+    same-class item (``RunResults`` stores those as null)."""
+    query_gallery = _check_splits(embedded)
+    device = next(iter(embedded.values()))[0].device
+    metric = RetrievalMetrics(k_values=k_values, distance=distance,
+                              protocol="query_gallery" if query_gallery else "same_set").to(device)
+    for name, (embeddings, labels) in embedded.items():
+        if query_gallery:
+            metric.update(embeddings, labels, torch.full_like(labels, name == "query", dtype=torch.bool))
+        else:
+            metric.update(embeddings, labels)
+    return metric.compute()
+
+
 def evaluate_retrieval(
         model: torch.nn.Module,
         splits: Dict[str, Dataset],
@@ -73,16 +126,149 @@ def evaluate_retrieval(
     Under DDP each rank embeds its shard; the metric gathers all of them, so every rank returns
     the metrics of the whole set.
     """
-    query_gallery = set(splits) == {"query", "gallery"}
-    if not query_gallery and len(splits) != 1:
-        raise ValueError(f"expected one split or query + gallery, got {sorted(splits)}")
-    device = embed_kwargs.get("device") or next(model.parameters()).device
-    metric = RetrievalMetrics(k_values=k_values, distance=distance,
-                              protocol="query_gallery" if query_gallery else "same_set").to(device)
-    for name, dataset in splits.items():
-        embeddings, labels = embed_dataset(model, dataset, **embed_kwargs)
-        if query_gallery:
-            metric.update(embeddings, labels, torch.full_like(labels, name == "query", dtype=torch.bool))
-        else:
-            metric.update(embeddings, labels)
-    return metric.compute()
+    return score_embeddings(embed_splits(model, splits, **embed_kwargs), k_values, distance)
+
+
+# --- examples: which queries to show, and what they retrieve -------------------------------------
+
+@dataclass
+class RetrievalExamples:
+    """Queries picked to show a model's retrieval (one process; cosine similarity).
+
+    Attributes:
+        query_split, gallery_split: split names (the same for a same-set split).
+        queries: (Q,) indices into the query split: a seeded random sample, then the worst queries.
+        neighbors: (Q, k) gallery indices, best first (the query itself excluded in a same-set split).
+        scores: (Q, k) cosine similarities.
+        average_precision: (Q,) AP@R of each query (NaN: no other item of its class).
+        worst: (Q,) True for the queries picked as the worst by average precision.
+    """
+
+    query_split: str
+    gallery_split: str
+    queries: torch.Tensor
+    neighbors: torch.Tensor
+    scores: torch.Tensor
+    average_precision: torch.Tensor
+    worst: torch.Tensor
+
+
+def _ranked(query: torch.Tensor, gallery: torch.Tensor, k: int, same_set: bool,
+            chunk: int = 1024) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(Q, k) cosine scores and gallery indices of every query, in chunks of queries."""
+    query, gallery = F.normalize(query.float(), dim=1), F.normalize(gallery.float(), dim=1)
+    scores, indices = [], []
+    for start in range(0, query.shape[0], chunk):
+        sims = query[start:start + chunk] @ gallery.T
+        if same_set:  # a query is not its own result
+            rows = torch.arange(sims.shape[0])
+            sims[rows, rows + start] = float("-inf")
+        top = sims.topk(k, dim=1)
+        scores.append(top.values)
+        indices.append(top.indices)
+    return torch.cat(scores), torch.cat(indices)
+
+
+def _average_precision_at_r(relevant: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """MAP@R of each row: ``relevant`` (Q, K) bools of the ranked results, ``r`` (Q,) the number
+    of items of the query's class (K >= max r); NaN where r == 0."""
+    ranks = torch.arange(1, relevant.shape[1] + 1)
+    within = ranks[None, :] <= r[:, None]
+    hits = relevant & within
+    precision = hits.cumsum(1) / ranks
+    return torch.where(r > 0, (precision * hits).sum(1) / r.clamp_min(1), torch.nan)
+
+
+def retrieval_examples(embedded: Embedded, k: int = 5, num_sample: int = 4, num_worst: int = 4,
+                       seed: int = 0) -> RetrievalExamples:
+    """The queries to show: ``num_sample`` picked at random (seeded: the same every run) and the
+    ``num_worst`` others with the lowest average precision, each with its top ``k``."""
+    same_set = not _check_splits(embedded)
+    query_split, gallery_split = (next(iter(embedded)),) * 2 if same_set else ("query", "gallery")
+    (query, query_labels), (gallery, gallery_labels) = embedded[query_split], embedded[gallery_split]
+    query, query_labels = query.cpu(), query_labels.cpu()
+    gallery, gallery_labels = gallery.cpu(), gallery_labels.cpu()
+    r = (query_labels[:, None] == gallery_labels[None, :]).sum(1) - int(same_set)
+    depth = min(max(k, int(r.max()) if r.numel() else 0), gallery.shape[0] - int(same_set))
+    if depth < 1:
+        raise ConfigError(f"the {gallery_split} split has no item to retrieve")
+    scores, neighbors = _ranked(query, gallery, depth, same_set)
+    ap = _average_precision_at_r(gallery_labels[neighbors] == query_labels[:, None], r)
+    order = torch.randperm(query.shape[0], generator=torch.Generator().manual_seed(seed))
+    sample = order[:num_sample]
+    rest = torch.ones(query.shape[0], dtype=torch.bool)
+    rest[sample] = False
+    candidates = (rest & ~ap.isnan()).nonzero().flatten()
+    worst = candidates[ap[candidates].argsort(stable=True)[:num_worst]]
+    picked = torch.cat([sample, worst])
+    k = min(k, depth)
+    return RetrievalExamples(query_split, gallery_split, picked, neighbors[picked, :k], scores[picked, :k], ap[picked],
+                             torch.arange(len(picked)) >= len(sample))
+
+
+# --- pictures -----------------------------------------------------------------------------------
+
+def _label(dataset: Dataset, label: int) -> str:
+    classes = getattr(dataset, "classes", None)
+    return str(classes[label]) if classes is not None and 0 <= label < len(classes) else str(label)
+
+
+def write_sheets(
+        folder: PathLike,
+        model: torch.nn.Module,
+        splits: Dict[str, Dataset],
+        embedded: Embedded,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        k: int = 5,
+        num_sample: int = 4,
+        num_worst: int = 4,
+        seed: int = 0,
+        thumb: int = 112,
+) -> Dict[str, Path]:
+    """Write ``SHEET_FILES`` into ``folder``: the retrieval sheet of ``retrieval_examples`` (each
+    query with its top ``k``, scores, green / red frames for right / wrong class) and, for a GSP
+    model, the weight maps of the same queries.
+
+    Args:
+        splits: the datasets ``embedded`` was computed from (``ds[i] -> (model input, label)``).
+        mean, std: the normalisation of the model inputs (to draw them).
+
+    Returns:
+        ``{"retrieval": path, "weights": path}`` (no "weights" for a model without GSP).
+    """
+    from .pooling import gsp_modules
+    from .viz import Hit, denormalize, retrieval_sheet, to_pil, weight_map_sheet
+
+    examples = retrieval_examples(embedded, k, num_sample, num_worst, seed)
+    queries, galleries = splits[examples.query_split], splits[examples.gallery_split]
+
+    def picture(dataset: Dataset, index: int):
+        image, label = dataset[int(index)]
+        return image, int(label)
+
+    shown = [picture(queries, i) for i in examples.queries]
+    hits = []
+    for row, (_, query_label) in enumerate(shown):
+        row_hits = []
+        for index, score in zip(examples.neighbors[row].tolist(), examples.scores[row].tolist()):
+            image, label = picture(galleries, index)
+            row_hits.append(Hit(to_pil(denormalize(image[None].float(), mean, std)[0]), score,
+                                _label(galleries, label), label == query_label))
+        hits.append(row_hits)
+    captions = [f"{_label(queries, label)}  AP@R {ap:.2f}" + ("  (worst)" if worst else "")
+                for (_, label), ap, worst in zip(shown, examples.average_precision.tolist(), examples.worst.tolist())]
+    images = torch.stack([image for image, _ in shown])
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {"retrieval": folder / SHEET_FILES["retrieval"]}
+    retrieval_sheet([to_pil(x) for x in denormalize(images.float(), mean, std)], hits, query_labels=captions,
+                    thumb=thumb, title=f"top-{examples.neighbors.shape[1]} of {len(galleries)} ({examples.gallery_split})"
+                    ).save(written["retrieval"])
+    if gsp_modules(model):
+        device = next(model.parameters()).device
+        written["weights"] = folder / SHEET_FILES["weights"]
+        weight_map_sheet(model, images.to(device), mean, std, captions=captions, thumb=thumb).save(written["weights"])
+    return written
+

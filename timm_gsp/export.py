@@ -11,31 +11,59 @@ gives the eager result for any input, not only for the example it was traced wit
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
+from .errors import ConfigError
+from .model_config import RetrievalModelConfig
 from .timm_plugin import model_input_size
+from .utils import PathLike
 
 __all__ = ["example_input", "export_onnx", "export_program", "onnx_max_error"]
 
-PathLike = Union[str, os.PathLike]
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
 
 
-def example_input(model: nn.Module, batch_size: int = 2, seed: int = 0) -> torch.Tensor:
-    """A random (batch_size, C, H, W) batch at the model's input size, on its device.
+def example_input(
+        model: nn.Module,
+        input_size: Union[None, int, Sequence[int], Mapping[str, Any], RetrievalModelConfig] = None,
+        batch_size: int = 2,
+        seed: int = 0,
+) -> torch.Tensor:
+    """A random (batch_size, C, H, W) batch at the size the model is built for, on its device.
 
-    ``batch_size`` >= 2: ``torch.export`` specialises a dimension of size 1.
+    Args:
+        input_size: ``(C, H, W)``, ``(H, W)`` or an int; or the model's ``RetrievalModelConfig``
+            or evaluation data config, whose size it is. Default: ``timm_plugin.model_input_size``
+            (the size timm reports the model is built for; on timm < 1.0.31 its ``pretrained_cfg``,
+            so a model built with another ``img_size`` needs its description here).
+        batch_size: >= 2: ``torch.export`` specialises a dimension of size 1.
     """
     reference = next(model.parameters())
     generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch_size, *model_input_size(model), generator=generator)
+    images = torch.randn(batch_size, *_input_size(model, input_size), generator=generator)
     return images.to(device=reference.device, dtype=reference.dtype)
+
+
+def _input_size(model: nn.Module, given: Any) -> Tuple[int, int, int]:
+    if isinstance(given, RetrievalModelConfig):
+        from .hub import evaluation_data_config
+
+        given = evaluation_data_config(model, given)
+    if isinstance(given, Mapping):
+        given = given.get("input_size")
+    if given is None:
+        return model_input_size(model)
+    size = (int(given),) * 2 if isinstance(given, int) else tuple(int(s) for s in given)
+    if len(size) == 2:
+        return (model_input_size(model)[0], *size)
+    if len(size) != 3:
+        raise ConfigError(f"input_size must be an int, (H, W) or (C, H, W), got {given!r}")
+    return size
 
 
 def _batch_dynamic_shapes(dynamic_batch: bool):

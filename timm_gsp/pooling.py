@@ -143,8 +143,9 @@ class GeneralizedSumPool(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
         key = prefix + PROTOTYPES
-        if self.is_lazy() and key in state_dict:
-            self.prototypes.materialize(tuple(state_dict[key].shape))
+        if self.is_lazy() and key in state_dict and state_dict[key].dim() == 2:
+            # the width comes from the checkpoint, the count from this pool: another K is a size mismatch
+            self.prototypes.materialize((self.num_prototypes, state_dict[key].shape[1]))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         if key in missing_keys:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
@@ -98,19 +98,19 @@ def read_results(path: PathLike) -> RunResults:
 
 
 def write_json_atomic(path: PathLike, value: Any) -> Path:
-    """JSON (NaN refused) written to a temporary sibling, fsynced and renamed into place."""
+    """JSON (NaN refused) written to a temporary sibling, fsynced and renamed into place; the file gets
+    the permissions any new file gets (the umask's)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(value, indent=2, allow_nan=False)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
+        with open(tmp, "x", encoding="utf-8") as f:
             f.write(text + "\n")
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path

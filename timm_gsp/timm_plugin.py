@@ -23,6 +23,10 @@ timm attribute (public name)                   touch      why (timm releases: al
                                                           config and weights disagree on the embedding size
 ``timm.models.register_notrace_module``        called     ``GeneralizedSumPool`` is an FX leaf, so timm's FX
                                                           feature extraction traces GSP models
+``timm.models.save_for_hf``                    re-export  what ``timm_gsp.hub`` saves with; before timm
+(``timm.models._hub.save_for_hf`` < 1.0.20)               exported it (1.0.20) it is taken from its module
+``timm.models.get_model_input_config``         read       a model's input size (timm >= 1.0.31; before, the
+                                                          size given at creation or the pretrained_cfg's)
 =============================================  =========  ===================================================
 
 Read, never written: the model attributes ``head_drop``, ``norm``, ``fc_norm``,
@@ -49,12 +53,17 @@ import timm.models
 from timm.layers import ClNormMlpClassifierHead, SelectAdaptivePool2d
 from timm.models import Beit, Eva, VisionTransformer, register_notrace_module
 
+try:
+    from timm.models import save_for_hf
+except ImportError:  # timm < 1.0.20 defines it without exporting it
+    from timm.models._hub import save_for_hf
+
 from .errors import CheckpointMismatchError, GSPUnsupportedModelError
 from .pooling import GeneralizedSumPool, gsp_modules
 from .spec import is_gsp_spec, parse_gsp_spec
 from .utils import dry_forward
 
-__all__ = ["register", "SUPPORTED_TIMM_VERSIONS", "model_input_size", "size_lazy_pools", "TOKEN_MODELS"]
+__all__ = ["register", "SUPPORTED_TIMM_VERSIONS", "model_input_size", "save_for_hf", "size_lazy_pools", "TOKEN_MODELS"]
 
 # [low, high): the seam is tested on both ends (CI runs the plugin tests on the oldest and the newest).
 SUPPORTED_TIMM_VERSIONS = ((1, 0, 15), (2, 0, 0))
@@ -260,11 +269,14 @@ def _cl_head_reset(original):
 # --- create_model --------------------------------------------------------------------------------
 
 def model_input_size(model: nn.Module, img_size: Any = None, in_chans: Optional[int] = None) -> Tuple[int, int, int]:
-    """(C, H, W) the model is built for: ``img_size`` / ``in_chans`` given at creation, else its
-    ``pretrained_cfg`` (timm's data config)."""
-    from timm.data import resolve_data_config
-
-    channels, height, width = resolve_data_config(model=model)["input_size"]
+    """(C, H, W) the model is built for: ``img_size`` / ``in_chans`` given at creation, else what timm
+    knows of the model (``get_model_input_config`` from timm 1.0.31, else its ``pretrained_cfg``)."""
+    get_input_config = getattr(timm.models, "get_model_input_config", None)
+    if get_input_config is not None:
+        channels, height, width = get_input_config(model)["input_size"]
+    else:
+        from timm.data import resolve_data_config
+        channels, height, width = resolve_data_config(model=model)["input_size"]
     if img_size is not None:
         height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)[-2:]
     return (in_chans or channels, int(height), int(width))

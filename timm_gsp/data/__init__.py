@@ -6,8 +6,10 @@
 * :class:`CollageDataset` -- the embedded, generated benchmark (no download).
 * :class:`MPerClassBatchSampler` -- m-per-class batches, DDP-aware, resumable.
 * :func:`build_transforms` -- timm train/eval transforms from a model's data config.
+* :class:`CachedDataset` -- a split decoded once and served from memory (small datasets).
 """
 from .base import ImageFileDataset, RetrievalDataset
+from .cache import DEFAULT_MAX_CACHE_BYTES, CachedDataset
 from .collage import CollageConfig, CollageDataset, default_cache_root, ensure_collage, generate_collage
 from .datasets import CUB200, Cars196, FolderDataset, InShop, StanfordOnlineProducts
 from .factory import DATASETS, build_dataset, evaluation_splits
@@ -17,8 +19,8 @@ from .splits import carve_validation, split_classes
 from .transforms import Augmentation, build_eval_transform, build_train_transform, build_transforms, resolve_input_config
 
 __all__ = [
-    "Augmentation", "CUB200", "Cars196", "CollageConfig", "CollageDataset", "CorruptImageError",
-    "DATASETS", "DatasetLayoutError", "FolderDataset", "ImageFileDataset", "InShop", "MPerClassBatchSampler",
+    "Augmentation", "CUB200", "CachedDataset", "Cars196", "CollageConfig", "CollageDataset", "CorruptImageError",
+    "DATASETS", "DEFAULT_MAX_CACHE_BYTES", "DatasetLayoutError", "FolderDataset", "ImageFileDataset", "InShop", "MPerClassBatchSampler",
     "RetrievalDataset", "StanfordOnlineProducts", "build_dataset", "build_eval_transform", "build_train_transform", "build_transforms", "carve_validation",
     "default_cache_root", "ensure_collage", "evaluation_splits", "find_unreadable_images", "generate_collage",
     "load_rgb", "resolve_input_config", "split_classes",

@@ -304,6 +304,7 @@ class InShop(ImageFileDataset):
 
 class FolderDataset(ImageFileDataset):
     """``root/<class name>/<images>`` (images may be nested below the class folder), split by class.
+    Each image file is read once, under the class folder it is in (see ``_scan`` for links).
 
     Args:
         split: ``"train"``, ``"test"`` or ``"all"``.
@@ -334,14 +335,52 @@ class FolderDataset(ImageFileDataset):
 
     @classmethod
     def _scan(cls, base: Path) -> Dict[str, List[str]]:
+        """``{class name: sorted image paths}`` for the class folders under ``base``.
+
+        Class folders may be links (a dataset assembled from folders elsewhere). Below them each real
+        folder is read once, and a link to a folder is followed only into ``base`` and outside every
+        class folder: ``class_0/up -> ..`` would otherwise file every class under ``class_0``, and a
+        link into another class would read its images twice, under two labels. Each real image file
+        counts once (the first class in sorted order keeps it). Skipped links are counted in one
+        warning.
+        """
+        root = base.resolve()
+        class_dirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+        class_roots = [d.resolve() for d in class_dirs]
+        read_dirs, read_files, skipped_links = set(class_roots), set(), []
+
+        def may_follow(real: Path) -> bool:
+            return real not in read_dirs and real.is_relative_to(root) and not any(
+                real.is_relative_to(c) or c.is_relative_to(real) for c in class_roots)
+
         per_class: Dict[str, List[str]] = {}
         empty = []
-        for d in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            files = sorted(str(Path(dp) / f) for dp, _, fs in os.walk(d, followlinks=True) for f in fs if is_image_file(f))
+        for class_dir, class_root in zip(class_dirs, class_roots):
+            files, pending = [], [(str(class_dir), class_root)]
+            while pending:  # depth-first, entries sorted: the same walk on every machine
+                folder, real_folder = pending.pop()
+                with os.scandir(folder) as scan:
+                    entries = sorted(scan, key=lambda e: e.name)
+                for entry in entries:
+                    # the real path without a system call unless the entry is a link
+                    real = Path(os.path.realpath(entry.path)) if entry.is_symlink() else real_folder / entry.name
+                    if entry.is_dir():
+                        if entry.is_symlink() and not may_follow(real):
+                            skipped_links.append(entry.path)
+                        elif real not in read_dirs:
+                            read_dirs.add(real)
+                            pending.append((entry.path, real))
+                    elif is_image_file(entry.name) and real not in read_files:
+                        read_files.add(real)
+                        files.append(entry.path)
             if files:
-                per_class[d.name] = files
+                per_class[class_dir.name] = sorted(files)
             else:
-                empty.append(d.name)
+                empty.append(class_dir.name)
+        if skipped_links:
+            warnings.warn(f"{cls.LAYOUT}: skipped {len(skipped_links)} directory links under {base} that lead out of "
+                          f"the dataset, into a class folder or to a folder already read: {sorted(skipped_links)[:3]}",
+                          RuntimeWarning, stacklevel=3)
         if not per_class:
             loose = [p for p in base.iterdir() if p.is_file() and is_image_file(p)]
             hint = f"; {base} holds images directly -- did you mean root={base.parent}?" if loose else ""

@@ -2,7 +2,14 @@
 
 Truncated JPEGs are the classic silent failure: Pillow decodes them "successfully" (grey bottom
 rows) when ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is True. We never set it, force a full decode
-(``convert("RGB")`` calls ``load()``), and warn once if another library switched it on globally.
+(``load()``), and warn once if another library switched it on globally.
+
+The other silent failure is ``convert("RGB")`` on pixels that are not 8-bit: it clips 16-bit
+greyscale (PNG, TIFF, PGM: Pillow's modes ``I;16*`` and ``I``) to 255, nearly all white, and
+truncates float (``F``) images in [0, 1] to 0, black. Those are scaled by their format's full range
+instead (65535, or 1 for floats); pixels outside it, and integer images of more than 16 bits, have
+no mapping we can trust and are refused. (Pillow already reads 16-bit RGB(A) PNG / PPM files as
+8-bit ``RGB`` / ``RGBA``, keeping the high byte.)
 """
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 from PIL import Image, ImageFile
 
 from ..errors import CorruptImageError, DatasetLayoutError
@@ -46,31 +54,57 @@ def _check_truncated_flag() -> None:
 
 
 def load_rgb(path: PathLike, layout: str = "image") -> Image.Image:
-    """Open ``path`` and fully decode it into an RGB ``PIL.Image`` (H x W x 3 once converted).
+    """Open ``path`` and fully decode it into an 8-bit RGB ``PIL.Image`` (H x W x 3).
 
     Raises:
         DatasetLayoutError: the file does not exist (message names path and ``layout``).
-        CorruptImageError: the file is not a decodable image or is truncated.
+        CorruptImageError: the file is not a decodable image, is truncated, or holds pixels with
+            no faithful 8-bit mapping (the message names the value range).
     """
     _check_truncated_flag()
     try:
-        with Image.open(path) as img:
-            # convert() forces load(): a lazy open would only read the header and pass truncated files.
-            return img.convert("RGB")
+        return _decode_rgb(path)
     except FileNotFoundError as exc:
         raise DatasetLayoutError(f"{layout}: image file not found: {path}") from exc
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         # SyntaxError/ValueError: some Pillow plugins raise these for malformed headers.
-        raise CorruptImageError(f"{layout}: corrupt or truncated image {path}: {exc}") from exc
+        raise CorruptImageError(f"{layout}: corrupt, truncated or unconvertible image {path}: {exc}") from exc
+
+
+def _decode_rgb(path: PathLike) -> Image.Image:
+    """8-bit RGB image of ``path``; Pillow's errors, or ``ValueError`` for pixels that do not map."""
+    with Image.open(path) as img:
+        img.load()  # a lazy open reads only the header and would pass truncated files
+        if img.mode != "F" and not img.mode.startswith("I"):
+            return img.convert("RGB")
+        full_scale = _full_scale(img)
+        values = np.asarray(img)
+    low, high = float(values.min()), float(values.max())
+    if not 0 <= low <= high <= full_scale:  # also refuses NaN
+        raise ValueError(f"{img.mode} pixel values span [{low:g}, {high:g}], outside the [0, {full_scale:g}] "
+                         f"that maps to 8 bits")
+    grey = np.rint(values * (255 / full_scale)).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")  # uint8 (H, W): mode L
+
+
+def _full_scale(img: Image.Image) -> float:
+    """The value of white in a float (``F``) or integer (``I;16*``, ``I``) image."""
+    if img.mode == "F":
+        return 1.0
+    # Pillow gives mode I to 16-bit PGM (rescaled to 0..65535), to 16-bit PNG in older releases, and
+    # to 32-bit integer TIFF, which has no standard white.
+    bits = int(np.max(getattr(img, "tag_v2", {}).get(258, 16)))  # TIFF BitsPerSample, one per channel
+    if bits > 16:
+        raise ValueError(f"{bits}-bit integer pixels have no standard 8-bit mapping")
+    return 65535.0
 
 
 def _check_one(path: str) -> Optional[str]:
-    """Return ``None`` if ``path`` decodes completely, else a short reason."""
+    """Return ``None`` if ``path`` decodes completely into RGB, else a short reason."""
     if not os.path.isfile(path):
         return "missing"
     try:
-        with Image.open(path) as img:
-            img.load()
+        _decode_rgb(path)
     except Exception as exc:  # any decode failure counts as unreadable; the reason is reported
         return f"{type(exc).__name__}: {exc}"
     return None

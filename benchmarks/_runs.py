@@ -1,0 +1,151 @@
+"""What the benchmark scripts share: runs of examples/train.py, reading them back, the object weight
+share of GSP, and the seed-summary table / figures."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+KEYS = ("precision_at_1", "r_precision", "map_at_r")
+NAMES = {"precision_at_1": "P@1", "r_precision": "R-Precision", "map_at_r": "MAP@R"}
+
+
+def train_run(out: Path, flags: Sequence[str], force: bool = False) -> Path:
+    """``examples/train.py --output out <flags>`` as a subprocess, unless ``out`` already holds its results."""
+    if force or not (out / "results.json").is_file():
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = [sys.executable, str(ROOT / "examples" / "train.py"), *flags, "--no-progress", "--output", str(out)]
+        print("$", " ".join(cmd[1:]), flush=True)
+        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        subprocess.run(cmd, check=True, env=env)
+    return out
+
+
+def read_run(out: Path) -> Dict:
+    """The run's results.json as a dict (metrics, model, recipe, wall_time_s, ...)."""
+    return json.loads((out / "results.json").read_text())
+
+
+def load_trained(out: Path):
+    """(model in eval mode, RunResults) of a finished run, with the weights its metrics belong to."""
+    from safetensors.torch import load_file
+
+    from timm_gsp.run_results import read_results
+    results = read_results(out / "results.json")
+    model = results.model.build()
+    model.load_state_dict(load_file(str(out / results.checkpoint / "model.safetensors")))
+    return model.eval(), results
+
+
+@torch.no_grad()
+def object_weight_share(model, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]]) -> Dict[str, float]:
+    """Mean over images of sum_j w_j * (share of feature cell j inside the object box).
+
+    Args:
+        batches: (images (B, 3, H, W), boxes (B, 4)) with boxes (x0, y0, x1, y1) normalised to [0, 1].
+    """
+    import timm_gsp
+    shares, areas, grid = [], [], None
+    for images, boxes in batches:
+        with timm_gsp.capture_transport(model) as plans:
+            model(images)
+        h, w = grid = plans[-1].grid_size
+        weights = plans[-1].weights.float().view(-1, h, w)
+        # overlap of each cell [j/w, (j+1)/w) x [i/h, (i+1)/h) with the box, as a share of the cell
+        xs, ys = torch.arange(w + 1).float() / w, torch.arange(h + 1).float() / h
+        ox = (torch.minimum(xs[1:][None], boxes[:, 2:3]) - torch.maximum(xs[:-1][None], boxes[:, 0:1])).clamp(min=0) * w
+        oy = (torch.minimum(ys[1:][None], boxes[:, 3:4]) - torch.maximum(ys[:-1][None], boxes[:, 1:2])).clamp(min=0) * h
+        shares.append((weights * (oy[:, :, None] * ox[:, None, :])).sum((1, 2)))
+        areas.append((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    s, a = torch.cat(shares), torch.cat(areas)
+    return {"object_weight_share": float(s.mean()), "object_area_share": float(a.mean()),
+            "share_above_area": float((s > a).float().mean()), "grid": list(grid)}
+
+
+def fmt(values: Sequence[float]) -> str:
+    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}"
+
+
+def method_rows(summary: Dict) -> List[str]:
+    """The README table: one row per method, mean ± std over seeds, object weight share, wall time."""
+    area = summary.get("object_area_share", 0.25)
+    lines = ["| method | P@1 | R-Precision | MAP@R | object weight share | wall time / run: median (min–max) |",
+             "|---|---|---|---|---|---|"]
+    for name, method in summary["methods"].items():
+        runs = method["runs"]
+        walls = [r["wall_time_s"] for r in runs]
+        if "object_weight_share" in runs[0]:
+            share = fmt([r["object_weight_share"] for r in runs]) + " %"
+        else:
+            share = f"({100 * area:.0f} % implicit)" if name == "gap" else "–"
+        lines.append(f"| {method['label']} | {fmt([r['precision_at_1'] for r in runs])} | {fmt([r['r_precision'] for r in runs])} | "
+                     f"{fmt([r['map_at_r'] for r in runs])} | {share} | {np.median(walls):.0f} s ({min(walls):.0f}–{max(walls):.0f}) |")
+        method.update({f"{k}_mean": float(np.mean([r[k] for r in runs])) for k in KEYS})
+        method.update({f"{k}_std": float(np.std([r[k] for r in runs])) for k in KEYS})
+        method["n_seeds"] = len(runs)
+    return lines
+
+
+def plot_summary(summary: Dict, path: Path, object_name: str = "object") -> None:
+    """MAP@R per method and seed; GSP's object weight share against the object's area share."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(summary["methods"])
+    for x, m in enumerate(names):
+        vals = [r["map_at_r"] for r in summary["methods"][m]["runs"]]
+        ax1.bar(x, np.mean(vals), yerr=np.std(vals), alpha=0.5, capsize=4)
+        ax1.scatter([x] * len(vals), vals, color="k", zorder=3, s=12)
+    ax1.set_xticks(range(len(names)), [summary["methods"][m]["label"].split(" (")[0] for m in names])
+    ax1.set(ylabel="MAP@R (test classes)", title="retrieval, mean +- std over seeds (dots: seeds)")
+    gsp = [m for m in names if "object_weight_share" in summary["methods"][m]["runs"][0]]
+    for x, m in enumerate(gsp):
+        vals = [r["object_weight_share"] for r in summary["methods"][m]["runs"]]
+        ax2.bar(x, np.mean(vals), yerr=np.std(vals), alpha=0.5, capsize=4)
+        ax2.scatter([x] * len(vals), vals, color="k", zorder=3, s=12)
+    area = summary.get("object_area_share", 0.25)
+    ax2.axhline(area, color="r", ls="--", label=f"{object_name} area share = GAP's implicit weight ({area:.2f})")
+    ax2.set_xticks(range(len(gsp)), [summary["methods"][m]["label"] for m in gsp])
+    ax2.set(ylim=(0, 1), ylabel=f"share of pooling weight on the {object_name}", title="where GSP puts its weight (test set)")
+    ax2.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def weight_map_figure(model, images: torch.Tensor, boxes: torch.Tensor, mean, std, path: Path, cell: int = 128) -> None:
+    """Top row: the images with the object boxed in green; bottom row: GSP's pooling weights, one block
+    per feature cell (bright = more weight), relative to each image's largest weight.
+
+    Args:
+        images: (B, 3, H, W) normalised model inputs; boxes: (B, 4) normalised (x0, y0, x1, y1).
+    """
+    from PIL import Image, ImageDraw
+
+    from timm_gsp import viz
+    maps = viz.pooling_maps(model, images)
+    shown = viz.denormalize(images.float(), mean, std)
+    size = images.shape[-1]
+    sheet = Image.new("RGB", (cell * len(images), cell * 2), "white")
+    for k in range(len(images)):
+        h, w = maps.weights[k].shape
+        heat = torch.nn.functional.interpolate(maps.weights[k][None, None], size=(size, size), mode="nearest")[0, 0]
+        top = viz.to_pil(shown[k]).resize((cell, cell), Image.NEAREST)
+        bottom = viz.overlay(shown[k], heat, alpha=0.6, scale=None).resize((cell, cell), Image.NEAREST)
+        x0, y0, x1, y1 = (boxes[k] * cell).tolist()
+        for im in (top, bottom):
+            ImageDraw.Draw(im).rectangle([x0, y0, x1 - 1, y1 - 1], outline=(0, 255, 0), width=2)
+        sheet.paste(top, (cell * k, 0))
+        sheet.paste(bottom, (cell * k, cell))
+    sheet.save(path)
