@@ -193,6 +193,10 @@ def test_published_folder_holds_the_model_state_only(cnn, tmp_path):
     assert keys == set(model.state_dict())
     training_only = set(criterion.state_dict())
     assert training_only and not keys & training_only  # proxies and ZSR class embeddings stay out
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in folder.iterdir():  # readable like any file the user writes (safetensors alone writes 0600)
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name
 
 
 def test_data_config_merges_into_the_description(cnn, tmp_path):

@@ -1,14 +1,17 @@
 """GSP heat maps (timm_gsp.viz): values from the transport, layout on the image, PNG output."""
+import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 
 import timm_gsp
-from timm_gsp import capture_transport, gsp_modules
-from timm_gsp.viz import denormalize, feature_grid, overlay, pooling_maps, save_overlays
+from timm_gsp import ConfigError, capture_transport, gsp_modules
+from timm_gsp.viz import (BACKGROUND, CORRECT_COLOR, UNKNOWN_COLOR, WRONG_COLOR, Hit, denormalize, feature_grid,
+                          overlay, pooling_maps, retrieval_sheet, save_overlays, weight_map_sheet)
 
-# (name, create kwargs, input (H, W)): NCHW, NHWC, ViT tokens (square: patch_embed.grid_size;
-# non-square with dynamic size: image // patch), and a wrapped token family.
+# (name, create kwargs, input (H, W)): NCHW, NHWC, ViT tokens (square, and non-square with dynamic
+# size: the grid comes from the token count and the image's shape), and a wrapped token family.
 LAYOUTS = [
     ("resnet10t", {}, (128, 192)),
     ("swin_tiny_patch4_window7_224", {"img_size": 112}, (112, 112)),
@@ -80,11 +83,11 @@ def test_maps_are_the_transport_of_the_forward(name, kwargs, size):
 
 
 def test_feature_grid_factorisation():
-    model = torch.nn.Linear(1, 1)  # no patch_embed: the factorisation closest to the image's shape
-    assert feature_grid(model, 24, (64, 96)) == (4, 6)
-    assert feature_grid(model, 24, (96, 64)) == (6, 4)
-    assert feature_grid(model, 49, (224, 224)) == (7, 7)
-    assert feature_grid(model, 7, (32, 256)) == (1, 7)
+    # The factorisation closest to the image's shape, whatever the model.
+    assert feature_grid(24, (64, 96)) == (4, 6)
+    assert feature_grid(24, (96, 64)) == (6, 4)
+    assert feature_grid(49, (224, 224)) == (7, 7)
+    assert feature_grid(7, (32, 256)) == (1, 7)
 
 
 def test_overlay_colours_and_blend():
@@ -124,3 +127,107 @@ def test_model_without_gsp_is_refused():
     model = timm_gsp.create_model("resnet10t", embed_dim=8, pool="avg")
     with pytest.raises(ValueError, match="no GeneralizedSumPool"):
         pooling_maps(model, torch.randn(1, 3, 64, 64))
+
+
+# --- contact sheets -----------------------------------------------------------------------------
+
+# A toy gallery of coloured squares: each image a unique colour (so it can be found on the sheet),
+# its label the colour family.
+FAMILIES = {"orange": lambda j: (250, 110 + 12 * j, 20), "purple": lambda j: (110 + 12 * j, 40, 200),
+            "teal": lambda j: (20, 200, 110 + 12 * j)}
+
+
+def _square(family, shade, size=40):
+    return Image.new("RGB", (size, size), FAMILIES[family](shade))
+
+
+def _box(sheet, colour):
+    """(left, top, right, bottom) of the pixels of ``colour`` on the sheet (exactly one square)."""
+    ys, xs = np.nonzero((np.abs(sheet.astype(int) - colour).max(axis=2) <= 2))
+    assert len(xs), f"colour {colour} not on the sheet"
+    return xs.min(), ys.min(), xs.max(), ys.max()
+
+
+def _caption_band(sheet, box):
+    """The pixels under a thumbnail's frame, down to the next row (or the sheet's end)."""
+    left, _, right, bottom = box
+    y = bottom + 1
+    while tuple(sheet[y, (left + right) // 2]) != BACKGROUND:  # skip the frame, if any
+        y += 1
+    return sheet[y:y + (bottom - box[1]) // 2, left:right + 1]
+
+
+def test_retrieval_sheet_layout_frames_and_captions(tmp_path):
+    thumb = 96
+    query_path = tmp_path / "query_teal.png"
+    _square("teal", 6).save(query_path)  # a query given by path
+    queries = [_square("orange", 6), _square("purple", 6), query_path]
+    query_labels = ["orange", "purple", "teal"]
+    hits = [
+        [Hit(_square("orange", 0), 0.93, "orange"), Hit(_square("purple", 0), 0.71, "purple"),
+         Hit(_square("orange", 1), 0.70, "orange")],
+        [Hit(_square("purple", 1), 0.88, "purple"), Hit(_square("teal", 0), 0.52, "teal"),
+         Hit(_square("purple", 2), 0.50, None)],  # label unknown: grey
+        [Hit(_square("teal", 1), 0.61, "teal"), Hit(_square("orange", 2), 0.60, "orange", correct=True),
+         Hit(_square("teal", 2), 0.40, "teal", correct=False)],  # an explicit verdict wins over labels
+    ]
+    expected_frames = [[CORRECT_COLOR, WRONG_COLOR, CORRECT_COLOR],
+                       [CORRECT_COLOR, WRONG_COLOR, UNKNOWN_COLOR],
+                       [CORRECT_COLOR, CORRECT_COLOR, WRONG_COLOR]]
+    image = retrieval_sheet(queries, hits, query_labels=query_labels, thumb=thumb, title="top-3")
+    assert image.mode == "RGB"
+    sheet = np.asarray(image)
+    boxes = [[_box(sheet, FAMILIES[query_labels[q]](6))] + [_box(sheet, hit.image.getpixel((0, 0))) for hit in row]
+             for q, row in enumerate(hits)]
+    # Q rows and k + 1 columns of thumb x thumb squares, queries first, hits in rank order.
+    for row in boxes:
+        assert [b[2] - b[0] + 1 for b in row] == [b[3] - b[1] + 1 for b in row] == [thumb] * 4
+        assert len({b[1] for b in row}) == 1
+        assert [b[0] for b in row] == sorted(b[0] for b in row)
+    assert [row[0][1] for row in boxes] == sorted(row[0][1] for row in boxes)
+    for column in zip(*boxes):
+        assert len({b[0] for b in column}) == 1
+    # Frames: just outside each hit, on all four sides; none around the queries.
+    for q, row in enumerate(boxes):
+        for c, (left, top, right, bottom) in enumerate(row):
+            outside = [sheet[top + thumb // 2, left - 2], sheet[top + thumb // 2, right + 2],
+                       sheet[top - 2, left + thumb // 2], sheet[bottom + 2, left + thumb // 2]]
+            want = BACKGROUND if c == 0 else expected_frames[q][c - 1]
+            assert all(tuple(pixel) == want for pixel in outside), (q, c)
+    # Captions: dark text under every thumbnail, and different text under different ranks.
+    for q, row in enumerate(boxes):
+        bands = [_caption_band(sheet, box) for box in row]
+        for band in bands:
+            assert (band.sum(axis=2) < 300).sum() > 20
+        assert not np.array_equal(bands[1], bands[2])  # "#1  0.93" vs "#2  0.71"
+    # The title above the first row.
+    assert (sheet[:boxes[0][0][1] - 6].sum(axis=2) < 300).sum() > 20
+
+
+def test_retrieval_sheet_checks_its_rows():
+    with pytest.raises(ConfigError, match="2 rows of hits for 1 queries"):
+        retrieval_sheet([_square("teal", 0)], [[], []])
+
+
+@pytest.mark.parametrize("name,kwargs,size", [("resnet10t", {}, (64, 64)),
+                                              ("vit_tiny_patch16_224", {"img_size": 64}, (64, 64))], ids=["cnn", "vit"])
+def test_weight_map_sheet(name, kwargs, size):
+    torch.manual_seed(0)
+    model = timm.create_model(name, global_pool="gsp", num_classes=8, **kwargs).eval()
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    colours = torch.tensor([[0.9, 0.2, 0.1], [0.1, 0.8, 0.3], [0.2, 0.3, 0.9]])  # one flat colour per image
+    images = ((colours - 0.5) / 0.25)[:, :, None, None].expand(3, 3, *size).contiguous()
+    thumb = 48
+    sheets = [np.asarray(weight_map_sheet(model, images, mean, std, captions=["a", "b", "c"], thumb=thumb, columns=c))
+              for c in (1, 2, 3)]
+    # Each column adds the same width, each row the same height: an image above its overlay.
+    (h1, w1), (h2, w2), (h3, w3) = (s.shape[:2] for s in sheets)
+    assert w2 - w1 == w3 - w2 >= thumb and h1 - h2 == h2 - h3 >= 2 * thumb
+    sheet = sheets[-1]
+    for colour in colours:
+        left, top, right, bottom = _box(sheet, tuple((colour * 255).round().int().tolist()))
+        assert (right - left + 1, bottom - top + 1) == (thumb, thumb)
+        below = sheet[bottom + 1:bottom + 1 + 2 * thumb, left:right + 1]  # the overlay, then the caption
+        assert (np.abs(below.astype(int) - BACKGROUND).sum(axis=2) > 30).sum() > thumb * thumb // 2
+    with pytest.raises(ConfigError, match="1 captions for 3 images"):
+        weight_map_sheet(model, images, mean, std, captions=["a"])

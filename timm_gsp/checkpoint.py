@@ -22,7 +22,6 @@ import json
 import os
 import random
 import shutil
-import stat
 import uuid
 import warnings
 from pathlib import Path
@@ -35,7 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointMismatchError, ConfigError
 from .model_config import RetrievalModelConfig
-from .utils import PathLike
+from .utils import PathLike, give_plain_file_mode
 
 __all__ = [
     "MODEL_CONFIG_FILE", "MODEL_FILE", "load_checkpoint", "read_model_config", "restore_rng_state", "rng_state",
@@ -225,11 +224,8 @@ def _write_files(tmp: Path, model_state: Dict[str, torch.Tensor], training_state
         (tmp / MODEL_CONFIG_FILE).write_text(json.dumps(model_config.to_dict(), indent=2) + "\n", encoding="utf-8")
     # json.dump, not write_json_atomic: a history may hold NaN losses, which that refuses
     (tmp / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
-    # safetensors writes its files private (0600); give every file the mode open() would, which is
-    # the folder's (mkdir applied the umask to 0777) without the execute bits
-    file_mode = stat.S_IMODE(tmp.stat().st_mode) & 0o666
     for path in tmp.iterdir():
-        os.chmod(path, file_mode)
+        give_plain_file_mode(path)
         _fsync(path)
     _fsync(tmp)
 

@@ -246,9 +246,7 @@ def _eval_splits(args: argparse.Namespace) -> Dict[str, Any]:
     for name in names:
         try:
             splits[name] = build_dataset(args.dataset, args.root, name)
-        except TimmGSPError:
-            raise
-        except ValueError as error:  # the data package reports a bad split name as a ValueError
+        except ConfigError as error:  # e.g. an unknown split name
             raise ConfigError(f"--split {name}: {error}") from None
     return splits
 

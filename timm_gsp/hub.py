@@ -44,7 +44,7 @@ from .pooling import gsp_modules
 from .run_results import RunResults, read_results, write_json_atomic
 from .spec import format_gsp_spec
 from .timm_plugin import save_for_hf
-from .utils import PathLike, eval_mode
+from .utils import PathLike, eval_mode, give_plain_file_mode
 
 __all__ = [
     "CARD_NAME",
@@ -428,6 +428,7 @@ def save_pretrained(
     model_args = timm_model_args(model, config)
     timm_checked = {k: v for k, v in model_args.items() if k != "global_pool"}  # see _write_config
     save_for_hf(model, str(folder), model_args=timm_checked, safe_serialization=True)
+    give_plain_file_mode(folder / WEIGHTS_NAME)  # safetensors writes it private
     _write_config(folder, model_args, config)
     for name in _OPTIONAL_FILES:
         (folder / name).unlink(missing_ok=True)

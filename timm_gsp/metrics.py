@@ -32,6 +32,8 @@ from torchmetrics import Metric
 from torchmetrics.utilities import rank_zero_warn
 from torchmetrics.utilities.data import dim_zero_cat
 
+from .knn import merge_topk, sort_by_score_then_index, topk
+
 __all__ = ["RetrievalMetrics", "retrieval_metrics"]
 
 _DISTANCES = ("cosine", "euclidean")
@@ -266,7 +268,7 @@ def _knn(query: Tensor, gallery: Tensor, k: int, distance: str, chunk_size: int)
         scores = torch.mm(q, gallery.T, out=buf(q.shape[0], gallery.shape[0]))  # (chunk, G)
         if bias is not None:
             scores -= bias
-        out.append(_sort_by_score_then_index(*_topk(scores, k))[1])
+        out.append(sort_by_score_then_index(*topk(scores, k))[1])
     return torch.cat(out)
 
 
@@ -291,12 +293,12 @@ def _knn_same_set(emb: Tensor, k: int, distance: str, chunk_size: int) -> Tensor
             cols = dots[:, b - a :]
             if bias is not None:
                 cols = torch.sub(cols, bias[a:b, None], out=col_buf(b - a, n - b))
-            _merge(best_scores, best_index, slice(b, n), cols.T, a, k)
+            merge_topk(best_scores, best_index, slice(b, n), cols.T, a, k)
         # Row-wise part: queries a:b against candidates a:.
         rows = dots if bias is None else dots.sub_(bias[a:])
         rows[:, : b - a].fill_diagonal_(float("-inf"))  # a query is not its own neighbour
-        _merge(best_scores, best_index, slice(a, b), rows, a, k)
-    return _sort_by_score_then_index(best_scores, best_index)[1]
+        merge_topk(best_scores, best_index, slice(a, b), rows, a, k)
+    return sort_by_score_then_index(best_scores, best_index)[1]
 
 
 class _ScoreBuffer:
@@ -311,53 +313,3 @@ class _ScoreBuffer:
 
     def __call__(self, rows: int, cols: int) -> Tensor:
         return self.data[: rows * cols].view(rows, cols)
-
-
-def _merge(best_scores: Tensor, best_index: Tensor, rows: slice, scores: Tensor, offset: int, k: int) -> None:
-    """Merge the k best of ``scores`` (candidates offset, offset+1, ...) into the running k best of ``rows``."""
-    s, i = _topk(scores, k)
-    s, i = torch.cat([best_scores[rows], s], 1), torch.cat([best_index[rows], i + offset], 1)
-    s, pos = _topk(s, k, i)
-    best_scores[rows], best_index[rows] = s, i.gather(1, pos)
-
-
-def _topk(scores: Tensor, k: int, index: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """The k best entries of each row of ``scores`` under (score desc, index asc).
-
-    Args:
-        scores: (R, C), higher is better.
-        k: entries to keep (at most C are returned).
-        index: (R, C) item index of each entry; None means the column number.
-
-    Returns:
-        (R, k) scores, best first, and their (R, k) column positions; the order *among equal
-        scores* is unspecified (callers sort with _sort_by_score_then_index when it matters).
-
-    torch.topk picks arbitrarily among equal values, so only the *set* needs care: if the
-    (k+1)-th best value equals the k-th, the boundary is tied and that (rare) row is resolved by
-    a full (score, index) sort.
-    """
-    k = min(k, scores.shape[1])
-    s, pos = scores.topk(min(k + 1, scores.shape[1]), dim=1)
-    if s.shape[1] == k:
-        return s, pos
-    tied = torch.nonzero(s[:, k] == s[:, k - 1]).squeeze(1)
-    s, pos = s[:, :k], pos[:, :k]
-    if len(tied):
-        s, pos = s.clone(), pos.clone()
-        cols = torch.arange(scores.shape[1], device=scores.device).expand(len(tied), -1)
-        if index is None:
-            ts, tpos = _sort_by_score_then_index(scores[tied], cols)
-        else:  # sort the column positions along with their item indices
-            ts, order = _sort_by_score_then_index(scores[tied], index[tied], return_order=True)
-            tpos = cols.gather(1, order)
-        s[tied], pos[tied] = ts[:, :k], tpos[:, :k]
-    return s, pos
-
-
-def _sort_by_score_then_index(s: Tensor, i: Tensor, return_order: bool = False) -> Tuple[Tensor, Tensor]:
-    """Sort each row by score (descending), equal scores by index i (ascending): two stable passes."""
-    i, order = i.sort(dim=1)
-    s, second = s.gather(1, order).sort(dim=1, descending=True, stable=True)
-    order = order.gather(1, second)
-    return s, (order if return_order else i.gather(1, second))

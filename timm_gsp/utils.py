@@ -8,7 +8,7 @@ from typing import Iterator, Tuple, Union
 import torch
 import torch.nn as nn
 
-__all__ = ["PathLike", "dry_forward", "eval_mode", "world_size_and_rank"]
+__all__ = ["PathLike", "dry_forward", "eval_mode", "give_plain_file_mode", "world_size_and_rank"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -39,3 +39,11 @@ def world_size_and_rank() -> Tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return 1, 0
+
+
+def give_plain_file_mode(path: PathLike) -> None:
+    """Give ``path`` the mode ``open()`` gives a new file (0666 minus the umask). safetensors writes its
+    files private (0600), which would hide checkpoints, indexes and published models from other users."""
+    umask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)

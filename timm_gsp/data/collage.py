@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import ConfigError
+from ..utils import PathLike
 from .base import RetrievalDataset, Transform
 from .collage_render import make_distractor_pool, make_glyph, render_images
-from ..utils import PathLike
 
 __all__ = ["CollageConfig", "CollageDataset", "default_cache_root", "ensure_collage", "generate_collage"]
 
@@ -71,7 +72,7 @@ class CollageConfig:
             return range(0, self.num_train_classes)
         if split == "test":
             return range(self.num_train_classes, self.num_train_classes + self.num_test_classes)
-        raise ValueError(f"collage: unknown split {split!r}; expected 'train' or 'test' (use val_fraction for 'val')")
+        raise ConfigError(f"collage: unknown split {split!r}; expected 'train' or 'test' (use val_fraction for 'val')")
 
     def per_class(self, split: str) -> int:
         return self.train_per_class if split == "train" else self.test_per_class

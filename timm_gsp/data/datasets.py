@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
 from .base import ImageFileDataset, Transform
-from ..errors import DatasetLayoutError
+from ..errors import ConfigError, DatasetLayoutError
 from ..utils import PathLike
 from .images import is_image_file
 from .layout import find_layout_root
@@ -66,8 +66,8 @@ def _check_images_present(records: Sequence[Record], layout: str, where: str) ->
             raise DatasetLayoutError(f"{layout}: image listed in the index is missing: {path} (images expected under {where})")
 
 
-def _split_error(layout: str, split: str, allowed: Sequence[str]) -> ValueError:
-    return ValueError(f"{layout}: unknown split {split!r}; expected one of {list(allowed)}")
+def _split_error(layout: str, split: str, allowed: Sequence[str]) -> ConfigError:
+    return ConfigError(f"{layout}: unknown split {split!r}; expected one of {list(allowed)}")
 
 
 def _first_half(split: str, class_ids: Sequence[int], num_train_classes: Optional[int], layout: str) -> List[int]:
@@ -75,7 +75,7 @@ def _first_half(split: str, class_ids: Sequence[int], num_train_classes: Optiona
     ids = sorted(set(class_ids))
     n_train = len(ids) // 2 if num_train_classes is None else int(num_train_classes)
     if not 0 < n_train < len(ids):
-        raise ValueError(f"{layout}: num_train_classes={n_train} must be in 1..{len(ids) - 1}")
+        raise ConfigError(f"{layout}: num_train_classes={n_train} must be in 1..{len(ids) - 1}")
     if split == "train":
         return ids[:n_train]
     if split == "test":
@@ -139,7 +139,7 @@ class Cars196(ImageFileDataset):
     def __init__(self, root: PathLike, split: str = "train", transform: Optional[Transform] = None, *,
                  skip_corrupt: bool = False, num_train_classes: Optional[int] = None, layout: str = "auto") -> None:
         if layout not in ("auto", "annos", "folder"):
-            raise ValueError(f"{self.LAYOUT}: layout must be 'auto', 'annos' or 'folder', got {layout!r}")
+            raise ConfigError(f"{self.LAYOUT}: layout must be 'auto', 'annos' or 'folder', got {layout!r}")
         if layout == "folder":
             base = find_layout_root(root, ["images"], self.LAYOUT, self.EXPECTED, wrappers=self.WRAPPERS)
         else:
@@ -263,7 +263,7 @@ class InShop(ImageFileDataset):
                  skip_corrupt: bool = False) -> None:
         if split not in self.SPLITS:
             hint = " (In-Shop is evaluated query vs gallery; use split='query' and split='gallery')" if split == "test" else ""
-            raise ValueError(f"{self.LAYOUT}: unknown split {split!r}; expected one of {list(self.SPLITS)}{hint}")
+            raise ConfigError(f"{self.LAYOUT}: unknown split {split!r}; expected one of {list(self.SPLITS)}{hint}")
         part_dir = find_layout_root(root, ["list_eval_partition.txt"], self.LAYOUT, self.EXPECTED, wrappers=self.WRAPPERS)
         index = part_dir / "list_eval_partition.txt"
         rows = _read_rows(index, self.LAYOUT, 3, skip=2)
@@ -398,21 +398,21 @@ class FolderDataset(ImageFileDataset):
         for label, lst in (("train_classes", train_classes), ("test_classes", test_classes)):
             unknown = sorted(set(lst or ()) - known)
             if unknown:
-                raise ValueError(f"{cls.LAYOUT}: {label} names classes not found as folders: {unknown[:5]}")
+                raise ConfigError(f"{cls.LAYOUT}: {label} names classes not found as folders: {unknown[:5]}")
         if train_classes is not None or test_classes is not None:
             train = set(train_classes) if train_classes is not None else known - set(test_classes or ())
             test = set(test_classes) if test_classes is not None else known - train
             overlap = sorted(train & test)
             if overlap:
-                raise ValueError(f"{cls.LAYOUT}: train_classes and test_classes overlap: {overlap[:5]}")
+                raise ConfigError(f"{cls.LAYOUT}: train_classes and test_classes overlap: {overlap[:5]}")
         else:
             if not 0.0 < train_fraction < 1.0:
-                raise ValueError(f"{cls.LAYOUT}: train_fraction must be in (0, 1), got {train_fraction}")
+                raise ConfigError(f"{cls.LAYOUT}: train_fraction must be in (0, 1), got {train_fraction}")
             if len(all_classes) < 2:
-                raise ValueError(f"{cls.LAYOUT}: need at least 2 class folders for a class-disjoint split")
+                raise ConfigError(f"{cls.LAYOUT}: need at least 2 class folders for a class-disjoint split")
             n_train = min(max(round(len(all_classes) * train_fraction), 1), len(all_classes) - 1)
             train, test = set(all_classes[:n_train]), set(all_classes[n_train:])
         chosen = sorted(train if split == "train" else test)
         if not chosen:
-            raise ValueError(f"{cls.LAYOUT}: the {split} split has no classes")
+            raise ConfigError(f"{cls.LAYOUT}: the {split} split has no classes")
         return chosen

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from ..errors import ConfigError
+from ..utils import PathLike
 from .base import RetrievalDataset, Transform
 from .collage import CollageDataset
 from .datasets import CUB200, Cars196, FolderDataset, InShop, StanfordOnlineProducts
-from ..utils import PathLike
 from .splits import carve_validation
 
 __all__ = ["DATASETS", "build_dataset", "evaluation_splits"]
@@ -30,7 +31,7 @@ def evaluation_splits(name: str) -> Tuple[str, ...]:
 
 def _check_name(name: str) -> None:
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
+        raise ConfigError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
 
 
 def build_dataset(name: str, root: Optional[PathLike] = None, split: str = "train",
@@ -58,6 +59,6 @@ def build_dataset(name: str, root: Optional[PathLike] = None, split: str = "trai
     make = DATASETS[name]
     if split == "val" or (split == "train" and val_fraction):
         if not val_fraction:
-            raise ValueError(f"{name}: split='val' needs val_fraction > 0 (the share of train classes held out)")
+            raise ConfigError(f"{name}: split='val' needs val_fraction > 0 (the share of train classes held out)")
         return carve_validation(make(root, "train", transform, **kwargs), split, val_fraction, val_seed)
     return make(root, split, transform, **kwargs)

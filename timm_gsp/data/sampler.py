@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from ..errors import ConfigError
+
 __all__ = ["MPerClassBatchSampler"]
 
 
@@ -24,7 +26,7 @@ def _dist_defaults(num_replicas: Optional[int], rank: Optional[int]) -> tuple:
         if rank is None:
             rank = dist.get_rank() if initialised else 0
     if not 0 <= rank < num_replicas:
-        raise ValueError(f"rank {rank} must be in [0, {num_replicas})")
+        raise ConfigError(f"rank {rank} must be in [0, {num_replicas})")
     return num_replicas, rank
 
 
@@ -64,12 +66,12 @@ class MPerClassBatchSampler(Sampler[List[int]]):
             labels = labels.labels
         labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).reshape(-1)
         if m < 1 or batch_size < m or batch_size % m:
-            raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of m ({m})")
+            raise ConfigError(f"batch_size ({batch_size}) must be a positive multiple of m ({m})")
         self.m, self.batch_size = int(m), int(batch_size)
         self.classes_per_batch = batch_size // m
         classes, inverse = np.unique(labels, return_inverse=True)
         if len(classes) < self.classes_per_batch:
-            raise ValueError(f"batch_size / m = {self.classes_per_batch} classes per batch, but the labels "
+            raise ConfigError(f"batch_size / m = {self.classes_per_batch} classes per batch, but the labels "
                              f"hold only {len(classes)} classes")
         order = np.argsort(inverse, kind="stable")
         bounds = np.cumsum(np.bincount(inverse, minlength=len(classes)))[:-1]
@@ -78,7 +80,7 @@ class MPerClassBatchSampler(Sampler[List[int]]):
         self.num_replicas, self.rank = _dist_defaults(num_replicas, rank)
         total = num_batches if num_batches is not None else self.num_samples // self.batch_size
         if total < self.num_replicas:
-            raise ValueError(f"only {total} batches per epoch for {self.num_replicas} ranks; lower batch_size "
+            raise ConfigError(f"only {total} batches per epoch for {self.num_replicas} ranks; lower batch_size "
                              "or set num_batches")
         self.num_batches = int(total)
         self.seed = int(seed)
@@ -157,11 +159,11 @@ class MPerClassBatchSampler(Sampler[List[int]]):
         size or batch size would give different batches, so it is refused rather than approximated)."""
         for key in ("seed", "num_replicas", "batch_size", "m", "num_batches", "num_samples"):
             if key in state and int(state[key]) != getattr(self, key):
-                raise ValueError(f"MPerClassBatchSampler.load_state_dict: {key}={state[key]} in the checkpoint but "
+                raise ConfigError(f"MPerClassBatchSampler.load_state_dict: {key}={state[key]} in the checkpoint but "
                                  f"{getattr(self, key)} now; cannot resume the same batch sequence")
         position = int(state["position"])
         if not 0 <= position <= len(self):
-            raise ValueError(f"position {position} outside 0..{len(self)}")
+            raise ConfigError(f"position {position} outside 0..{len(self)}")
         self.epoch = int(state["epoch"])
         self._resume_at = position
         self._consumed = position

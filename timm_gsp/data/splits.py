@@ -10,6 +10,7 @@ from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..errors import ConfigError
 from .base import RetrievalDataset
 
 __all__ = ["split_classes", "carve_validation"]
@@ -28,9 +29,9 @@ def split_classes(classes: Union[int, Sequence], val_fraction: float, seed: int 
     """
     num = classes if isinstance(classes, int) else len(classes)
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if num < 2:
-        raise ValueError(f"need at least 2 classes to carve a class-disjoint validation split, got {num}")
+        raise ConfigError(f"need at least 2 classes to carve a class-disjoint validation split, got {num}")
     n_val = min(max(int(round(num * val_fraction)), 1), num - 1)
     # A seeded permutation rather than "last k classes": class ids often encode order (e.g. CUB
     # families are contiguous), and a contiguous block would make validation unrepresentative.
@@ -48,4 +49,4 @@ def carve_validation(train_set: RetrievalDataset, split: str, val_fraction: floa
         return train_set.select_classes(train_labels, split="train")
     if split == "val":
         return train_set.select_classes(val_labels, split="val")
-    raise ValueError(f"carve_validation: split must be 'train' or 'val', got {split!r}")
+    raise ConfigError(f"carve_validation: split must be 'train' or 'val', got {split!r}")
