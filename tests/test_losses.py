@@ -252,7 +252,7 @@ def test_errors_of_the_wrapper(model_and_images):
     with pytest.raises(ValueError, match=r"zsr_weight must be in \[0, 1\]"):
         GSPMetricLoss(losses.ContrastiveLoss(), model, NUM_CLASSES, zsr_weight=-0.1)
     with pytest.raises(ValueError, match="not one of the GSP pools"):
-        GSPMetricLoss(losses.ContrastiveLoss(), model, NUM_CLASSES, pool="head")
+        GSPMetricLoss(losses.ContrastiveLoss(), model, NUM_CLASSES, gsp_pool="head")
     with pytest.raises(ValueError, match="DataParallel"):
         GSPMetricLoss(losses.ContrastiveLoss(), nn.DataParallel(model), NUM_CLASSES)
 
@@ -310,7 +310,7 @@ def test_several_pools_latest_in_forward_order_or_selected():
         model(images)
         assert criterion.captured_attributes().shape == (len(LABELS), 3)  # `first` ran last
     for selected in ["second", model.second]:
-        with GSPMetricLoss(losses.ContrastiveLoss(), model, NUM_CLASSES, pool=selected) as criterion:
+        with GSPMetricLoss(losses.ContrastiveLoss(), model, NUM_CLASSES, gsp_pool=selected) as criterion:
             criterion(model(images), LABELS).backward()
             assert criterion.captured_attributes().shape == (len(LABELS), 5)
             assert not model.first.transport._forward_hooks

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .errors import ConfigError
 from .metrics import RetrievalMetrics
-from .utils import PathLike, world_size_and_rank
+from .utils import PathLike, eval_mode, world_size_and_rank
 
 __all__ = [
     "SHEET_FILES",
@@ -64,18 +64,14 @@ def embed_dataset(
     device = device or next(model.parameters()).device
     shard = Subset(dataset, list(shard_indices(len(dataset), world_size, rank)))
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    was_training = model.training
-    model.eval()
     embeddings, labels = [], []
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-    try:
+    with eval_mode(model):
         for images, targets in tqdm(loader, desc="embed", leave=False, disable=not progress or rank != 0):
             with autocast:
                 out = model(images.to(device, non_blocking=True))
             embeddings.append(out.float())
             labels.append(torch.as_tensor(targets, device=device))
-    finally:
-        model.train(was_training)
     width = embeddings[0].shape[1] if embeddings else 0
     if not embeddings:
         return torch.empty(0, width, device=device), torch.empty(0, dtype=torch.long, device=device)

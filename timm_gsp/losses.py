@@ -245,7 +245,7 @@ class GSPMetricLoss(nn.Module):
     The attributes are captured, with their gradient, by a forward hook on the ``transport``
     sub-module of the model's GSP pool(s), registered here. Call the loss right after the forward
     whose embeddings it receives: it always uses the latest capture. With several GSP pools the
-    latest is the last one run in forward order, unless ``pool`` selects one.
+    latest is the last one run in forward order, unless ``gsp_pool`` selects one.
 
     ``zsr_weight = 0`` is the plain metric loss: no class embeddings, no hook, and the model needs
     no GSP. ``remove()`` (or leaving a ``with criterion:`` block) detaches the hook; so does garbage
@@ -265,7 +265,7 @@ class GSPMetricLoss(nn.Module):
         num_classes: number of training classes; labels must be in [0, num_classes) (needed by ZSR).
         zsr_weight: weight of ZSR in [0, 1] (default 0.1, as in the paper).
         class_embed_dim, ridge_lambda, scale: of ``ZeroShotLoss`` (defaults 128, 0.05, 9.5).
-        pool: the GSP pool to read, as a module or its qualified name in ``gsp_modules(model)``;
+        gsp_pool: the GSP pool to read, as a module or its qualified name in ``gsp_modules(model)``;
             ``None`` hooks every GSP pool and uses whichever ran last.
     """
 
@@ -278,7 +278,7 @@ class GSPMetricLoss(nn.Module):
             class_embed_dim: int = DEFAULT_CLASS_EMBED_DIM,
             ridge_lambda: float = DEFAULT_RIDGE_LAMBDA,
             scale: float = DEFAULT_SCALE,
-            pool: Union[None, str, GeneralizedSumPool] = None,
+            gsp_pool: Union[None, str, GeneralizedSumPool] = None,
     ):
         super().__init__()
         if not isinstance(metric_loss, nn.Module):
@@ -304,24 +304,24 @@ class GSPMetricLoss(nn.Module):
                 "only its chunk of the batch); use DistributedDataParallel"
             )
         self.zsr = ZeroShotLoss(num_classes, class_embed_dim, ridge_lambda, scale)
-        for transport in self._select_transports(inner, pool):
+        for transport in self._select_transports(inner, gsp_pool):
             self._handles.append(transport.register_forward_hook(_make_capture_hook(self._slot)))
         # Drop the hooks when this criterion is garbage collected without remove().
         self._finalizer = weakref.finalize(self, _remove_handles, list(self._handles))
 
-    def _select_transports(self, model: nn.Module, pool: Union[None, str, GeneralizedSumPool]) -> List[nn.Module]:
+    def _select_transports(self, model: nn.Module, gsp_pool: Union[None, str, GeneralizedSumPool]) -> List[nn.Module]:
         pools = gsp_modules(model)
         if not pools:
             raise ValueError(
                 f"{self._model_name} has no GeneralizedSumPool, so zero-shot regularisation has no attributes; "
                 f"create it with global_pool='gsp' or pass zsr_weight=0"
             )
-        if pool is None:
+        if gsp_pool is None:
             return [module.transport for _, module in pools]
         for name, module in pools:
-            if module is pool or name == pool:
+            if module is gsp_pool or name == gsp_pool:
                 return [module.transport]
-        raise ValueError(f"pool {pool!r} is not one of the GSP pools of {self._model_name}: {[name for name, _ in pools]}")
+        raise ValueError(f"gsp_pool {gsp_pool!r} is not one of the GSP pools of {self._model_name}: {[name for name, _ in pools]}")
 
     @property
     def zsr_weight(self) -> float:

@@ -12,7 +12,7 @@ from .base import ImageFileDataset, RetrievalDataset
 from .cache import DEFAULT_MAX_CACHE_BYTES, CachedDataset
 from .collage import CollageConfig, CollageDataset, default_cache_root, ensure_collage, generate_collage
 from .datasets import CUB200, Cars196, FolderDataset, InShop, StanfordOnlineProducts
-from .factory import DATASETS, build_dataset, evaluation_splits
+from .build import DATASETS, build_dataset, evaluation_splits
 from .images import CorruptImageError, DatasetLayoutError, find_unreadable_images, load_rgb
 from .sampler import MPerClassBatchSampler
 from .splits import carve_validation, split_classes

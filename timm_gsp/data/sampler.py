@@ -13,18 +13,15 @@ import torch
 from torch.utils.data import Sampler
 
 from ..errors import ConfigError
+from ..utils import world_size_and_rank
 
 __all__ = ["MPerClassBatchSampler"]
 
 
 def _dist_defaults(num_replicas: Optional[int], rank: Optional[int]) -> tuple:
-    if num_replicas is None or rank is None:
-        dist = torch.distributed
-        initialised = dist.is_available() and dist.is_initialized()
-        if num_replicas is None:
-            num_replicas = dist.get_world_size() if initialised else 1
-        if rank is None:
-            rank = dist.get_rank() if initialised else 0
+    world_size, world_rank = world_size_and_rank()
+    num_replicas = world_size if num_replicas is None else num_replicas
+    rank = world_rank if rank is None else rank
     if not 0 <= rank < num_replicas:
         raise ConfigError(f"rank {rank} must be in [0, {num_replicas})")
     return num_replicas, rank
