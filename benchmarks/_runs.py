@@ -149,3 +149,59 @@ def weight_map_figure(model, images: torch.Tensor, boxes: torch.Tensor, mean, st
         sheet.paste(top, (cell * k, 0))
         sheet.paste(bottom, (cell * k, cell))
     sheet.save(path)
+
+
+def collect_methods(summary: Dict, methods: Dict[str, Tuple[str, List[str]]], seeds: Sequence[int], runs_dir: Path,
+                    test_batches) -> None:
+    """Fill ``summary["methods"]`` from the finished runs ``runs_dir/<method>_seed<seed>``: metrics, wall time
+    and, for GSP runs, the object weight share (cached beside the run).
+
+    Args:
+        methods: name -> (label, train.py flags).
+        test_batches: ``(model, results) -> iterable of (images, normalised boxes)`` of the test classes.
+    """
+    for name, (label, flags) in methods.items():
+        runs = []
+        for seed in seeds:
+            out = runs_dir / f"{name}_seed{seed}"
+            if not (out / "results.json").is_file():
+                continue
+            r = read_run(out)
+            row = {"seed": seed, "wall_time_s": r["wall_time_s"], **{k: r["metrics"][k] for k in KEYS}}
+            if name.startswith("gsp"):
+                cache = out / "object_share.json"
+                if not cache.is_file():
+                    model, results = load_trained(out)
+                    cache.write_text(json.dumps(object_weight_share(model, test_batches(model, results))))
+                share = json.loads(cache.read_text())
+                summary["object_area_share"] = share.pop("object_area_share")
+                row.update(share)
+            runs.append(row)
+            print(name, row, flush=True)
+        if runs:
+            summary["methods"][name] = {"label": label, "flags": flags, "runs": runs}
+
+
+def gsp_weight_maps(summary: Dict, runs_dir: Path, test_batches, path: Path, count: int = 10) -> None:
+    """``weight_map_figure`` of the first GSP+ZSR (else GSP) run over ``count`` evenly spaced test images."""
+    for name in ("gsp_zsr", "gsp"):
+        if name in summary["methods"]:
+            model, results = load_trained(runs_dir / f"{name}_seed{summary['methods'][name]['runs'][0]['seed']}")
+            images, boxes = next(iter(test_batches(model, results, batch_size=100_000)))
+            pick = torch.arange(0, len(images), max(len(images) // count, 1))[:count]
+            cfg = results.model.data_config
+            weight_map_figure(model, images[pick], boxes[pick], cfg["mean"], cfg["std"], path)
+            return
+
+
+def stage_table(stages: Dict[str, List[str]], seeds: Sequence[int], rows: Sequence[Dict]) -> List[str]:
+    """Markdown rows of a multi-seed search stage: mean ± std of P@1 and MAP@R over the trials ``<name>_s<seed>``."""
+    by_name = {r["name"]: r for r in rows}
+    lines = [f"## Stage 2: mean ± std (population) over seeds {list(seeds)}, validation P@1 / MAP@R in %", "",
+             "| setting | flags | seeds | P@1 | MAP@R |", "|---|---|---|---|---|"]
+    for name, flags in stages.items():
+        done = [by_name[f"{name}_s{seed}"] for seed in seeds if f"{name}_s{seed}" in by_name]
+        if done:
+            lines.append(f"| {name} | `{' '.join(flags)}` | {len(done)} | {fmt([r['precision_at_1'] for r in done])} | "
+                         f"{fmt([r['map_at_r'] for r in done])} |")
+    return lines

@@ -22,8 +22,7 @@ import json
 
 import torch
 
-from _runs import KEYS, RESULTS, load_trained, method_rows, object_weight_share, plot_summary, read_run, train_run, \
-    weight_map_figure
+from _runs import RESULTS, collect_methods, gsp_weight_maps, method_rows, plot_summary, train_run
 
 RUNS = RESULTS / "collage_runs"
 
@@ -61,26 +60,7 @@ def main() -> None:
             for m in a.methods:
                 train_run(RUNS / f"{m}_seed{seed}", [*METHODS[m][1], "--seed", str(seed), *a.extra], a.force)
     summary = {"recipe": "examples/recipes/collage.yaml", "seeds": a.seeds, "eval_split": "test", "methods": {}}
-    for m in a.methods:
-        runs = []
-        for seed in a.seeds:
-            out = RUNS / f"{m}_seed{seed}"
-            if not (out / "results.json").is_file():
-                continue
-            r = read_run(out)
-            row = {"seed": seed, "wall_time_s": r["wall_time_s"], **{k: r["metrics"][k] for k in KEYS}}
-            if m.startswith("gsp"):
-                cache = out / "object_share.json"
-                if not cache.is_file():
-                    model, results = load_trained(out)
-                    cache.write_text(json.dumps(object_weight_share(model, test_batches(model, results))))
-                share = json.loads(cache.read_text())
-                summary["object_area_share"] = share.pop("object_area_share")
-                row.update(share)
-            runs.append(row)
-            print(m, row, flush=True)
-        if runs:
-            summary["methods"][m] = {"label": METHODS[m][0], "flags": METHODS[m][1], "runs": runs}
+    collect_methods(summary, {m: METHODS[m] for m in a.methods}, a.seeds, RUNS, test_batches)
     if not summary["methods"]:
         return
     lines = method_rows(summary)
@@ -93,14 +73,7 @@ def main() -> None:
     (RESULTS / "collage_results.md").write_text("\n".join(header + lines) + "\n")
     (RESULTS / "collage_results.json").write_text(json.dumps(summary, indent=2))
     plot_summary(summary, RESULTS / "collage_metrics.png", "object tile")
-    for m in ("gsp_zsr", "gsp"):
-        if m in summary["methods"]:
-            model, results = load_trained(RUNS / f"{m}_seed{summary['methods'][m]['runs'][0]['seed']}")
-            images, boxes = next(test_batches(model, results, batch_size=2000))
-            pick = torch.arange(0, len(images), len(images) // 10)[:10]
-            cfg = results.model.data_config
-            weight_map_figure(model, images[pick], boxes[pick], cfg["mean"], cfg["std"], RESULTS / "collage_weight_maps.png")
-            break
+    gsp_weight_maps(summary, RUNS, test_batches, RESULTS / "collage_weight_maps.png")
     print("\n".join(lines))
 
 

@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-import numpy as np
+from _runs import KEYS, RESULTS, ROOT, read_run, stage_table, train_run
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "benchmarks" / "results" / "recipe_search"
+OUT = RESULTS / "recipe_search"
 
 # Shared by every trial: the search budget (backbone, size, epochs) is the same for all poolings.
 COMMON = ["--val-fraction", "0.2", "--no-progress", "--workers", "0", "--model", "test_resnet",
@@ -69,21 +65,11 @@ STAGE2 = {
 }
 STAGE2_SEEDS = (0, 1, 2)
 TRIALS.update({f"{name}_s{seed}": [*flags, "--seed", str(seed)] for name, flags in STAGE2.items() for seed in STAGE2_SEEDS})
-KEYS = ("precision_at_1", "r_precision", "map_at_r")
 
 
 def run_trial(name: str, flags, force: bool) -> dict:
-    out = OUT / name
-    res = out / "results.json"
-    if force or not res.is_file():
-        if out.exists():
-            import shutil
-            shutil.rmtree(out)
-        cmd = [sys.executable, str(ROOT / "examples" / "train.py"), *COMMON, *flags, "--output", str(out)]
-        print("$", " ".join(cmd[1:]), flush=True)
-        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        subprocess.run(cmd, check=True, env=env)
-    r = json.loads(res.read_text())
+    out = train_run(OUT / name, [*COMMON, *flags], force)
+    r = read_run(out)
     return {"name": name, "flags": flags, "split": r["eval_split"], "wall_time_s": r["wall_time_s"],
             **{k: r["metrics"][k] for k in KEYS}}
 
@@ -99,15 +85,7 @@ def write_md(rows) -> None:
     for r in rows:
         lines.append(f"| {r['name']} | `{' '.join(r['flags'])}` | {r['precision_at_1']:.4f} | "
                      f"{r['r_precision']:.4f} | {r['map_at_r']:.4f} | {r['wall_time_s']:.0f} |")
-    lines += ["", f"## Stage 2: mean ± std (population) over seeds {list(STAGE2_SEEDS)}, validation P@1 / MAP@R in %",
-              "", "| setting | flags | seeds | P@1 | MAP@R |", "|---|---|---|---|---|"]
-    by_name = {r["name"]: r for r in rows}
-    for name, flags in STAGE2.items():
-        done = [by_name[f"{name}_s{seed}"] for seed in STAGE2_SEEDS if f"{name}_s{seed}" in by_name]
-        if done:
-            stats = {k: f"{100 * np.mean([r[k] for r in done]):.1f} ± {100 * np.std([r[k] for r in done]):.1f}"
-                     for k in ("precision_at_1", "map_at_r")}
-            lines.append(f"| {name} | `{' '.join(flags)}` | {len(done)} | {stats['precision_at_1']} | {stats['map_at_r']} |")
+    lines += ["", *stage_table(STAGE2, STAGE2_SEEDS, rows)]
     notes = ROOT / "benchmarks" / "results" / "recipe_search_notes.md"
     if notes.is_file():
         lines += ["", notes.read_text()]

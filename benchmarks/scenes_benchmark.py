@@ -10,11 +10,15 @@ its learning rate, where its own search found another one best) and the ZSR weig
 on the test classes. For GSP runs the script also measures the share of pooling weight that falls on
 the object's box, next to the box's share of the image (GAP's implicit weight).
 
-Outputs (``benchmarks/results/``): ``scenes_results.json``, ``scenes_results.md`` (the README table),
-``scenes_metrics.png``, ``scenes_weight_maps.png``. Finished runs are reused; ``--force`` redoes them.
+``--layout grid`` is the check on other data: a second folder (other classes: generator seed 1) in which
+the object fills one random cell of a 3 x 3 grid and every other cell is a photo crop.
 
-    python benchmarks/scenes_benchmark.py                       # 4 methods x 3 seeds, ~40 min on 2 cores
-    python benchmarks/scenes_benchmark.py --methods gap gsp_zsr --seeds 0
+Outputs (``benchmarks/results/``): ``scenes_results.json``, ``scenes_results.md`` (the README table),
+``scenes_metrics.png``, ``scenes_weight_maps.png`` (``scenes_grid_*`` for ``--layout grid``). Finished runs
+are reused; ``--force`` redoes them.
+
+    python benchmarks/scenes_benchmark.py                       # 4 methods x 3 seeds, ~1 h on 2 cores
+    python benchmarks/scenes_benchmark.py --layout grid --methods gap gsp_zsr
     python benchmarks/scenes_benchmark.py --report-only
 """
 from __future__ import annotations
@@ -25,10 +29,8 @@ from pathlib import Path
 
 import torch
 
-from _runs import KEYS, RESULTS, ROOT, load_trained, method_rows, object_weight_share, plot_summary, read_run, train_run, \
-    weight_map_figure
+from _runs import RESULTS, ROOT, collect_methods, gsp_weight_maps, method_rows, plot_summary, train_run
 
-RUNS = RESULTS / "scenes_runs"
 METHODS = {  # name -> (label, flags); everything else comes from the folder-scratch recipe
     "gap": ("GAP (timm global_pool='avg')", ["--pool", "gap"]),
     "max": ("Max (timm global_pool='max')", ["--pool", "max"]),
@@ -37,9 +39,12 @@ METHODS = {  # name -> (label, flags); everything else comes from the folder-scr
 }
 
 
-def scenes_root(data_dir: Path) -> Path:
+LAYOUTS = {"free": {"layout": "free", "seed": 0}, "grid": {"layout": "grid", "seed": 1}}
+
+
+def scenes_root(data_dir: Path, layout: str) -> Path:
     from timm_gsp.data.scenes import ScenesConfig, write_scenes
-    return write_scenes(data_dir, ScenesConfig())
+    return write_scenes(data_dir, ScenesConfig(**LAYOUTS[layout]))
 
 
 def test_batches(model, results, root: Path, batch_size: int = 200):
@@ -60,60 +65,37 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    p.add_argument("--layout", choices=sorted(LAYOUTS), default="free", help="free: the benchmark; grid: the check on other data")
     p.add_argument("--data-dir", type=Path, default=None, help="where the image folder is written (default: the cache)")
     p.add_argument("--force", action="store_true")
     p.add_argument("--report-only", action="store_true", help="collect the runs that exist, train nothing")
     a = p.parse_args()
     from timm_gsp.data import default_cache_root
-    root = scenes_root(a.data_dir or default_cache_root() / "scenes-v1")
+    name = "scenes" if a.layout == "free" else f"scenes_{a.layout}"
+    runs_dir = RESULTS / f"{name}_runs"
+    root = scenes_root(a.data_dir or default_cache_root() / f"{name}-v1", a.layout)
     common = ["--dataset", "folder", "--data-dir", str(root), "--recipe", "folder-scratch"]
     if not a.report_only:  # seed-major: an interrupted benchmark still has every method at the first seeds
         for seed in a.seeds:
             for m in a.methods:
-                train_run(RUNS / f"{m}_seed{seed}", [*common, *METHODS[m][1], "--seed", str(seed)], a.force)
-    summary = {"recipe": "examples/recipes/folder-scratch.yaml", "data": "scenes 200 x 20, 96 px", "seeds": a.seeds,
+                train_run(runs_dir / f"{m}_seed{seed}", [*common, *METHODS[m][1], "--seed", str(seed)], a.force)
+    summary = {"recipe": "examples/recipes/folder-scratch.yaml", "data": f"{name} 200 x 20, 96 px", "seeds": a.seeds,
                "eval_split": "test", "methods": {}}
-    for m in a.methods:
-        runs = []
-        for seed in a.seeds:
-            out = RUNS / f"{m}_seed{seed}"
-            if not (out / "results.json").is_file():
-                continue
-            r = read_run(out)
-            row = {"seed": seed, "wall_time_s": r["wall_time_s"], **{k: r["metrics"][k] for k in KEYS}}
-            if m.startswith("gsp"):
-                cache = out / "object_share.json"
-                if not cache.is_file():
-                    model, results = load_trained(out)
-                    cache.write_text(json.dumps(object_weight_share(model, test_batches(model, results, root))))
-                share = json.loads(cache.read_text())
-                summary["object_area_share"] = share.pop("object_area_share")
-                row.update(share)
-            runs.append(row)
-            print(m, row, flush=True)
-        if runs:
-            summary["methods"][m] = {"label": METHODS[m][0], "flags": METHODS[m][1], "runs": runs}
+    batches = lambda model, results, batch_size=200: test_batches(model, results, root, batch_size)  # noqa: E731
+    collect_methods(summary, {m: METHODS[m] for m in a.methods}, a.seeds, runs_dir, batches)
     if not summary["methods"]:
         return
     lines = method_rows(summary)
     area = summary.get("object_area_share", 0.1)
-    header = [f"Scenes test classes (100 classes x 20 images, disjoint from the 100 training classes), read from an "
+    header = [f"{'Scenes' if a.layout == 'free' else 'Grid scenes'} test classes (100 classes x 20 images, disjoint from the 100 training classes), read from an "
               f"image folder; recipe `examples/recipes/folder-scratch.yaml` (test_resnet from scratch, output stride 8, "
               f"96 px); mean ± std (population) over seeds {a.seeds}, in %. Object weight share: mean share of the GSP "
               f"pooling weight inside the object's box over the test set (the box covers {100 * area:.0f} % of the image, "
               "the weight GAP gives it). Wall time: one run of examples/train.py (training + evaluation) on 2 CPU cores.", ""]
-    (RESULTS / "scenes_results.md").write_text("\n".join(header + lines) + "\n")
-    (RESULTS / "scenes_results.json").write_text(json.dumps(summary, indent=2))
-    plot_summary(summary, RESULTS / "scenes_metrics.png", "object box")
-    for m in ("gsp_zsr", "gsp"):
-        if m in summary["methods"]:
-            out = RUNS / f"{m}_seed{summary['methods'][m]['runs'][0]['seed']}"
-            model, results = load_trained(out)
-            images, boxes = next(test_batches(model, results, root, batch_size=2000))
-            pick = torch.arange(0, len(images), len(images) // 10)[:10]
-            cfg = results.model.data_config
-            weight_map_figure(model, images[pick], boxes[pick], cfg["mean"], cfg["std"], RESULTS / "scenes_weight_maps.png")
-            break
+    (RESULTS / f"{name}_results.md").write_text("\n".join(header + lines) + "\n")
+    (RESULTS / f"{name}_results.json").write_text(json.dumps(summary, indent=2))
+    plot_summary(summary, RESULTS / f"{name}_metrics.png", "object box")
+    gsp_weight_maps(summary, runs_dir, batches, RESULTS / f"{name}_weight_maps.png")
     print("\n".join(lines))
     print(f"(data: {root}; code: {ROOT / 'benchmarks' / 'scenes_benchmark.py'})")
 
