@@ -141,7 +141,8 @@ def test_model_that_ignores_global_pool_is_reported():
         timm.create_model("deit_tiny_distilled_patch16_224", global_pool="gsp", img_size=64)
 
 
-@pytest.mark.parametrize("spec,match", [("gsp:gamma=0", "gamma"), ("gsp:k=3", "bad GSP pool option"), ("gsp:num_prototypes=x", "int")])
+@pytest.mark.parametrize("spec,match", [("gsp:gamma=0", "gamma"), ("gsp:k=3", "bad GSP pool option"), ("gsp:num_prototypes=x", "int"),
+                                        ("gsp:num_prototypes=2.7", "integer, got '2.7'"), ("gsp:gamma=5,gamma=6", "given twice")])
 def test_bad_spec_is_rejected_early(spec, match):
     with pytest.raises(ValueError, match=match):
         timm.create_model("resnet10t", global_pool=spec)

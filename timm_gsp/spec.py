@@ -8,6 +8,7 @@ Putting the hyper-parameters in the pool string lets them travel wherever timm p
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Dict, Optional
 
 __all__ = ["GSP_DEFAULTS", "check_gsp_args", "format_gsp_spec", "is_gsp_spec", "parse_gsp_spec"]
@@ -22,12 +23,12 @@ def check_gsp_args(num_prototypes: Any = GSP_DEFAULTS["num_prototypes"],
                    transport_ratio: Any = GSP_DEFAULTS["transport_ratio"],
                    gamma: Any = GSP_DEFAULTS["gamma"]) -> None:
     """Raise ``ValueError`` naming the first GSP hyper-parameter that is out of range or of the wrong type."""
-    if isinstance(num_prototypes, bool) or not isinstance(num_prototypes, int) or num_prototypes < 1:
+    if isinstance(num_prototypes, bool) or not isinstance(num_prototypes, numbers.Integral) or num_prototypes < 1:
         raise ValueError(f"num_prototypes must be an integer >= 1, got {num_prototypes!r}")
-    if isinstance(transport_ratio, bool) or not isinstance(transport_ratio, (int, float)) \
+    if isinstance(transport_ratio, bool) or not isinstance(transport_ratio, numbers.Real) \
             or not 0.0 < float(transport_ratio) <= 1.0:
         raise ValueError(f"transport_ratio must be a number in (0, 1], got {transport_ratio!r}")
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (float(gamma) > 0 and math.isfinite(gamma)):
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not (float(gamma) > 0 and math.isfinite(gamma)):
         raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
 
 
@@ -80,4 +81,4 @@ def format_gsp_spec(
 ) -> str:
     """The canonical pool string for these hyper-parameters (round-trips through ``parse_gsp_spec``)."""
     check_gsp_args(num_prototypes, transport_ratio, gamma)
-    return f"gsp:num_prototypes={num_prototypes},transport_ratio={float(transport_ratio)!r},gamma={float(gamma)!r}"
+    return f"gsp:num_prototypes={int(num_prototypes)},transport_ratio={float(transport_ratio)!r},gamma={float(gamma)!r}"
