@@ -467,7 +467,10 @@ def build_scheduler(args, optimizer, steps_per_epoch: int):
 
 def describe_run(args, optimizer, transforms, train_set, eval_splits) -> str:
     """What the run is about to do, for the first lines of its log."""
-    lrs = ", ".join(f"{g['name']} {g['lr']:g}" for g in optimizer.param_groups)
+    # the schedule's peak rates (initial_lr), not the first step's: a warm-up starts below them
+    lrs = ", ".join(f"{g['name']} {g.get('initial_lr', g['lr']):g}" for g in optimizer.param_groups)
+    if args.warmup_epochs:
+        lrs += f" (after {args.warmup_epochs:g} warm-up epoch{'s' if args.warmup_epochs != 1 else ''})"
     pool = timm_gsp.factory.pool_spec(POOLS[args.pool], args.num_prototypes, args.transport_ratio, args.gamma)
     zsr = f" + ZSR {args.zsr_weight:g}" if args.pool == "gsp" and args.zsr_weight else ""
     evals = ", ".join(f"{name} {len(s)} images / {s.num_classes} classes" for name, s in eval_splits.items())

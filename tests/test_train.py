@@ -206,6 +206,20 @@ def test_start_of_run_says_recipe_learning_rates_and_transforms(tmp_path, capsys
     assert "train transform: RandomResizedCrop" in out and "eval transform:" in out
 
 
+def test_folder_recipe_trains_with_its_own_learning_rates(tmp_path, capsys):
+    """`--dataset folder` alone: the folder recipe's per-group rates reach the optimizer (a pretrained
+    backbone at a tenth of the head's rate), never the collage's 1e-2 for everything."""
+    root = make_folder_tree(tmp_path / "data", num_classes=4, per_class=4)
+    status = train_script.main(["--dataset", "folder", "--data-dir", str(root), "--no-pretrained", "--model", "test_resnet",
+                                "--img-size", "32", "--embed-dim", "8", "--num-prototypes", "4", "--batch-size", "4",
+                                "--m-per-class", "2", "--workers", "0", "--no-progress", "--epochs", "1",
+                                "--output", str(tmp_path / "run")])
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "recipe folder (" in out
+    assert "learning rates: backbone 1e-05, head 0.0001, prototypes 0.0001, loss 0.001" in out
+
+
 def test_two_process_ddp_job_matches_single_process_evaluation(tmp_path):
     root = make_folder_tree(tmp_path / "data", num_classes=8, per_class=6)
     output = tmp_path / "ddp"

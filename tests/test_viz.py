@@ -204,6 +204,15 @@ def test_retrieval_sheet_layout_frames_and_captions(tmp_path):
     assert (sheet[:boxes[0][0][1] - 6].sum(axis=2) < 300).sum() > 20
 
 
+def test_retrieval_sheet_caption_newline_adds_a_line():
+    """A newline in a query label (class, then AP@R in eval reports) becomes a second caption line,
+    so neither part is cut off with an ellipsis: the sheet grows by the extra line."""
+    queries, hits = [_square("teal", 0)], [[Hit(_square("teal", 1), 0.9, "teal")]]
+    one = retrieval_sheet(queries, hits, query_labels=["teal  AP@R 0.50"], thumb=64)
+    two = retrieval_sheet(queries, hits, query_labels=["teal\nAP@R 0.50"], thumb=64)
+    assert one.width == two.width and two.height > one.height
+
+
 def test_retrieval_sheet_checks_its_rows():
     with pytest.raises(ConfigError, match="2 rows of hits for 1 queries"):
         retrieval_sheet([_square("teal", 0)], [[], []])

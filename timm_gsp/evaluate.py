@@ -253,7 +253,7 @@ def write_sheets(
             row_hits.append(Hit(to_pil(denormalize(image[None].float(), mean, std)[0]), score,
                                 _label(galleries, label), label == query_label))
         hits.append(row_hits)
-    captions = [f"{_label(queries, label)}  AP@R {ap:.2f}" + ("  (worst)" if worst else "")
+    captions = [f"{_label(queries, label)}\nAP@R {ap:.2f}" + (" (worst)" if worst else "")
                 for (_, label), ap, worst in zip(shown, examples.average_precision.tolist(), examples.worst.tolist())]
     images = torch.stack([image for image, _ in shown])
     folder = Path(folder)

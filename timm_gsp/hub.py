@@ -41,7 +41,7 @@ from .errors import CheckpointMismatchError, ConfigError, HubUnavailableError, O
 from .evaluate import SHEET_FILES
 from .model_config import RetrievalModelConfig
 from .pooling import gsp_modules
-from .run_results import RunResults, read_results, write_json_atomic
+from .run_results import RunResults, read_json_object, read_results, write_json_atomic
 from .spec import format_gsp_spec
 from .timm_plugin import save_for_hf
 from .utils import PathLike, eval_mode, give_plain_file_mode
@@ -451,22 +451,10 @@ def _write_eval_sheets(folder: Path, model: nn.Module, splits: Dict[str, Any], c
     return write_sheets(folder, model, splits, embedded, mean=config.data_config["mean"], std=config.data_config["std"])
 
 
-def _read_json(path: Path) -> Dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path} not found") from None
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise ConfigError(f"{path} is not readable JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
 def _rebuild(folder: Path) -> nn.Module:
     """The architecture a published folder's config.json describes, as timm builds it for a
     user (``local-dir:``), without weights."""
-    config = _read_json(folder / CONFIG_NAME)
+    config = read_json_object(folder / CONFIG_NAME)
     if not isinstance(config.get("architecture"), str):
         raise ConfigError(f"{folder / CONFIG_NAME} is not a timm model config: it names no 'architecture'")
     try:
@@ -713,7 +701,7 @@ def _describe_published(folder: Path) -> RetrievalModelConfig:
     """The description in a published folder's config.json (written under "timm_gsp"; derived from
     timm's keys for a folder published without it), with its published preprocessing."""
     path = folder / CONFIG_NAME
-    config = _read_json(path)
+    config = read_json_object(path)
     pretrained_cfg = config.get("pretrained_cfg") or {}
     data_config = {k: pretrained_cfg[k] for k in DATA_CONFIG_KEYS if pretrained_cfg.get(k) is not None}
     if isinstance(config.get("timm_gsp"), Mapping) and "model_name" in config["timm_gsp"]:

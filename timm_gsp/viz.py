@@ -265,7 +265,7 @@ def retrieval_sheet(
     Args:
         queries: Q images (PIL images or paths).
         hits: per query, its hits best first (rows may differ in length).
-        query_labels: the Q query labels, if known.
+        query_labels: the Q query labels, if known (a newline in one starts another caption line).
         thumb: thumbnail side in pixels (images are fitted inside, aspect kept).
         title: a line above the sheet.
 
@@ -305,7 +305,7 @@ def weight_map_sheet(
 
     Args:
         images: (B, 3, H, W) normalised model inputs; ``mean`` / ``std`` their normalisation.
-        captions: one line per image (default ``image 0``, ...).
+        captions: one caption per image, a newline between its lines (default ``image 0``, ...).
         columns: images per row of the sheet.
 
     Returns:
@@ -321,12 +321,13 @@ def weight_map_sheet(
         pair = Image.new("RGB", (thumb, 2 * thumb + thumb // 16), BACKGROUND)
         pair.paste(_thumbnail(shown[index], thumb), (0, 0))
         pair.paste(_thumbnail(overlay(shown[index], maps.selection[index].cpu()), thumb), (0, pair.height - thumb))
-        cells.append(_Cell(pair, [caption]))
+        cells.append(_Cell(pair, caption.split("\n")))
     return _sheet([cells[i:i + columns] for i in range(0, len(cells), columns)], title=title)
 
 
 def _caption(first: str, label: Optional[str]) -> List[str]:
-    return [first] if label is None else [first, str(label)]
+    """Caption lines under a thumbnail: ``first``, then the label (a newline in it starts another line)."""
+    return [first] if label is None else [first, *str(label).split("\n")]
 
 
 def _thumbnail(image: Union[ImageLike, torch.Tensor], size: int) -> Image.Image:
