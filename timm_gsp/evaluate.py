@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from .errors import ConfigError
-from .metrics import RetrievalMetrics
+from .knn import sort_by_score_then_index, topk
+from .metrics import RetrievalMetrics, average_precision_at_r
 from .utils import PathLike, eval_mode, world_size_and_rank
 
 __all__ = [
@@ -151,7 +152,8 @@ class RetrievalExamples:
 
 def _ranked(query: torch.Tensor, gallery: torch.Tensor, k: int, same_set: bool,
             chunk: int = 1024) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(Q, k) cosine scores and gallery indices of every query, in chunks of queries."""
+    """(Q, k) cosine scores and gallery indices of every query, in chunks of queries, ranked by
+    (score, index) as the metrics rank them."""
     query, gallery = F.normalize(query.float(), dim=1), F.normalize(gallery.float(), dim=1)
     scores, indices = [], []
     for start in range(0, query.shape[0], chunk):
@@ -159,20 +161,10 @@ def _ranked(query: torch.Tensor, gallery: torch.Tensor, k: int, same_set: bool,
         if same_set:  # a query is not its own result
             rows = torch.arange(sims.shape[0])
             sims[rows, rows + start] = float("-inf")
-        top = sims.topk(k, dim=1)
-        scores.append(top.values)
-        indices.append(top.indices)
+        top_scores, top_indices = sort_by_score_then_index(*topk(sims, k))
+        scores.append(top_scores)
+        indices.append(top_indices)
     return torch.cat(scores), torch.cat(indices)
-
-
-def _average_precision_at_r(relevant: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """MAP@R of each row: ``relevant`` (Q, K) bools of the ranked results, ``r`` (Q,) the number
-    of items of the query's class (K >= max r); NaN where r == 0."""
-    ranks = torch.arange(1, relevant.shape[1] + 1)
-    within = ranks[None, :] <= r[:, None]
-    hits = relevant & within
-    precision = hits.cumsum(1) / ranks
-    return torch.where(r > 0, (precision * hits).sum(1) / r.clamp_min(1), torch.nan)
 
 
 def retrieval_examples(embedded: Embedded, k: int = 5, num_sample: int = 4, num_worst: int = 4,
@@ -189,7 +181,7 @@ def retrieval_examples(embedded: Embedded, k: int = 5, num_sample: int = 4, num_
     if depth < 1:
         raise ConfigError(f"the {gallery_split} split has no item to retrieve")
     scores, neighbors = _ranked(query, gallery, depth, same_set)
-    ap = _average_precision_at_r(gallery_labels[neighbors] == query_labels[:, None], r)
+    ap = average_precision_at_r(gallery_labels[neighbors] == query_labels[:, None], r).float()
     order = torch.randperm(query.shape[0], generator=torch.Generator().manual_seed(seed))
     sample = order[:num_sample]
     rest = torch.ones(query.shape[0], dtype=torch.bool)

@@ -237,14 +237,22 @@ def _metrics_from_knn(
     hits = knn_labels == query_labels[:, None]  # (Q, k)
     ranks = torch.arange(1, hits.shape[1] + 1, device=hits.device)
     hits_at_r = hits & (ranks <= r[:, None])  # only the first R positions count for MAP@R / R-prec
-    r64 = r.double()
-    precision_at_i = hits_at_r.cumsum(1).double() / ranks
     out = {"precision_at_1": hits[:, 0].double().mean().item()}
     for k in k_values:
         out[f"recall_at_{k}"] = hits[:, :k].any(1).double().mean().item()
-    out["r_precision"] = (hits_at_r.sum(1).double() / r64).mean().item()
-    out["map_at_r"] = ((precision_at_i * hits_at_r).sum(1) / r64).mean().item()
+    out["r_precision"] = (hits_at_r.sum(1).double() / r.double()).mean().item()
+    out["map_at_r"] = average_precision_at_r(hits, r).mean().item()
     return out
+
+
+def average_precision_at_r(hits: Tensor, r: Tensor) -> Tensor:
+    """AP@R of each query (float64; the mean over queries is MAP@R): ``hits`` (Q, K) bools of the
+    ranked results (K >= max r), ``r`` (Q,) the number of items of the query's class; NaN where r == 0."""
+    ranks = torch.arange(1, hits.shape[1] + 1, device=hits.device)
+    hits_at_r = hits & (ranks <= r[:, None])
+    precision_at_i = hits_at_r.cumsum(1).double() / ranks
+    ap = (precision_at_i * hits_at_r).sum(1) / r.double()
+    return torch.where(r > 0, ap, torch.nan)
 
 
 def _prepare(x: Tensor, distance: str) -> Tuple[Tensor, Optional[Tensor]]:
