@@ -536,7 +536,19 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
         env.close()
 
 
+def check_data_dir(args: argparse.Namespace) -> None:
+    """The dataset root exists, checked before the output folder, the model and its pretrained weights.
+    (The collage's --data-dir is a cache folder, created when missing.)"""
+    if args.dataset == "collage":
+        return
+    if args.data_dir is None:
+        raise ConfigError(f"--dataset {args.dataset} reads images from disk: pass --data-dir (the dataset's root folder)")
+    if not Path(args.data_dir).expanduser().is_dir():
+        raise ConfigError(f"--data-dir {args.data_dir}: no such folder")
+
+
 def _train(args: argparse.Namespace, env: Distributed) -> Dict[str, Any]:
+    check_data_dir(args)
     output = prepare_output(args, env)
     resume = None
     if args.resume:

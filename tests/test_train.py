@@ -143,6 +143,15 @@ def test_errors_found_while_running_are_one_line(tmp_path, capsys):
     run_train(tmp_path / "b", "--dataset", "cub", "--data-dir", str(tmp_path / "nowhere"), "--epochs", "1", expect=1)
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(tmp_path / "nowhere") in err
+    # a missing dataset root is named before the model or its pretrained weights are loaded, and no
+    # output folder is left behind
+    status = train_script.main(["--dataset", "folder", "--data-dir", str(tmp_path / "nowhere"), "--pretrained",
+                                "--output", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip()
+    assert status == 1 and err == f"train.py: error: --data-dir {tmp_path / 'nowhere'}: no such folder"
+    assert not (tmp_path / "c").exists()
+    assert train_script.main(["--dataset", "folder", "--output", str(tmp_path / "d")]) == 1
+    assert "pass --data-dir" in capsys.readouterr().err
 
 
 def test_evaluation_split_without_pairs_is_refused_not_nan(tmp_path, capsys):
