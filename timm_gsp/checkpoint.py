@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointMismatchError, ConfigError
 from .model_config import RetrievalModelConfig
-from .utils import PathLike, give_plain_file_mode
+from .utils import PathLike, fsync_path, give_plain_file_mode
 
 __all__ = [
     "MODEL_CONFIG_FILE", "MODEL_FILE", "load_checkpoint", "read_model_config", "restore_rng_state", "rng_state",
@@ -128,7 +128,7 @@ def save_checkpoint(folder: PathLike, model_state: Dict[str, torch.Tensor], trai
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync(folder.parent)  # the renames themselves survive a power cut
+    fsync_path(folder.parent)  # the renames themselves survive a power cut
     shutil.rmtree(old, ignore_errors=True)
     return folder
 
@@ -226,27 +226,8 @@ def _write_files(tmp: Path, model_state: Dict[str, torch.Tensor], training_state
     (tmp / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
     for path in tmp.iterdir():
         give_plain_file_mode(path)
-        _fsync(path)
-    _fsync(tmp)
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's content, or a folder's entries, to disk. Folders are best effort: Windows
-    cannot open them and some network filesystems refuse to sync them."""
-    is_folder = path.is_dir()
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        if is_folder:
-            return
-        raise
-    try:
-        os.fsync(fd)
-    except OSError:
-        if not is_folder:
-            raise
-    finally:
-        os.close(fd)
+        fsync_path(path)
+    fsync_path(tmp)
 
 
 def _read(path: Path, read: Callable[[str], Any]) -> Any:

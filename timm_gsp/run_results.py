@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 from .errors import ConfigError
 from .model_config import RetrievalModelConfig
-from .utils import PathLike
+from .utils import PathLike, write_file_atomic
 
 __all__ = ["RESULTS_FORMAT", "RunResults", "read_json_object", "read_results", "write_json_atomic"]
 
@@ -106,19 +104,6 @@ def read_json_object(path: PathLike) -> Dict[str, Any]:
 
 
 def write_json_atomic(path: PathLike, value: Any) -> Path:
-    """JSON (NaN refused) written to a temporary sibling, fsynced and renamed into place; the file gets
-    the permissions any new file gets (the umask's)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(value, indent=2, allow_nan=False)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """JSON (NaN refused) written atomically (``utils.write_file_atomic``)."""
+    text = json.dumps(value, indent=2, allow_nan=False) + "\n"
+    return write_file_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -43,7 +41,7 @@ import torch.nn.functional as F
 
 from .errors import ConfigError, OutputExistsError
 from .knn import merge_topk, sort_by_score_then_index  # the tie-aware running top-k: one home
-from .utils import PathLike, give_plain_file_mode
+from .utils import PathLike, write_file_atomic
 
 __all__ = [
     "BACKENDS",
@@ -194,26 +192,9 @@ def _json_list(data: torch.Tensor, file: Path, name: str) -> List[str]:
 
 
 def _atomic_save(tensors: Dict[str, torch.Tensor], metadata: Dict[str, str], out: Path) -> None:
-    """Save to a temporary sibling, flush it to disk, then rename: readers never see half a file."""
     from safetensors.torch import save_file
 
-    # A fresh name rather than mkstemp, whose 0600 mode would outlive the rename (umask applies here).
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        give_plain_file_mode(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        dir_fd = os.open(out.parent, os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    write_file_atomic(out, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 # --- which model built it -----------------------------------------------------------------------

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator, Tuple, Union
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-__all__ = ["PathLike", "dry_forward", "eval_mode", "give_plain_file_mode", "world_size_and_rank"]
+__all__ = ["PathLike", "dry_forward", "eval_mode", "fsync_path", "give_plain_file_mode", "world_size_and_rank",
+           "write_file_atomic"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -47,3 +50,43 @@ def give_plain_file_mode(path: PathLike) -> None:
     umask = os.umask(0o022)  # reading the umask means setting it: put it straight back
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
+
+
+def fsync_path(path: PathLike) -> None:
+    """Flush a file's content, or a folder's entries (a rename into it), to disk. Folders are best
+    effort: Windows cannot open them and some network filesystems refuse to sync them."""
+    is_folder = os.path.isdir(path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if is_folder:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not is_folder:
+            raise
+    finally:
+        os.close(fd)
+
+
+def write_file_atomic(path: PathLike, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` into a fresh temporary sibling of ``path``, then rename it over ``path``: a reader
+    (or a kill at any moment) sees the old file or the new one, never half of one. The file gets the
+    mode any new file gets (the umask's) and is flushed to disk with its rename; a failed write leaves
+    no temporary file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a fresh name rather than mkstemp, whose 0600 mode would outlive the rename
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        write(tmp)
+        give_plain_file_mode(tmp)
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
+    return path
