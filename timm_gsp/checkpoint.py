@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointMismatchError, ConfigError
 from .model_config import RetrievalModelConfig
-from .utils import PathLike, fsync_path, give_plain_file_mode
+from .utils import PathLike, fsync_path, give_plain_file_mode, read_json_object
 
 __all__ = [
     "MODEL_CONFIG_FILE", "MODEL_FILE", "load_checkpoint", "read_model_config", "restore_rng_state", "rng_state",
@@ -173,11 +173,7 @@ def read_model_config(folder: PathLike) -> RetrievalModelConfig:
     if not path.is_file():
         raise ConfigError(f"{source} has no {MODEL_CONFIG_FILE}: not a timm-gsp training checkpoint, "
                           f"or one saved without model_config")
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"cannot read {path}: {error}") from None
-    return RetrievalModelConfig.from_dict(values, source=str(path))
+    return RetrievalModelConfig.from_dict(read_json_object(path), source=str(path))
 
 
 def _old_sibling(folder: Path) -> Path:

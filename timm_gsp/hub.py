@@ -41,10 +41,10 @@ from .errors import CheckpointMismatchError, ConfigError, HubUnavailableError, O
 from .evaluate import SHEET_FILES
 from .model_config import RetrievalModelConfig
 from .pooling import gsp_modules
-from .run_results import RunResults, read_json_object, read_results, write_json_atomic
+from .run_results import RunResults, read_results, write_json_atomic
 from .spec import format_gsp_spec
 from .timm_plugin import save_for_hf
-from .utils import PathLike, eval_mode, give_plain_file_mode
+from .utils import PathLike, eval_mode, give_plain_file_mode, read_json_object
 
 __all__ = [
     "CARD_NAME",

@@ -21,9 +21,9 @@ from typing import Any, Dict, Mapping, Optional
 
 from .errors import ConfigError
 from .model_config import RetrievalModelConfig
-from .utils import PathLike, write_file_atomic
+from .utils import PathLike, read_json_object, write_file_atomic
 
-__all__ = ["RESULTS_FORMAT", "RunResults", "read_json_object", "read_results", "write_json_atomic"]
+__all__ = ["RESULTS_FORMAT", "RunResults", "read_results", "write_json_atomic"]
 
 RESULTS_FORMAT = "timm-gsp/results/1"
 
@@ -86,21 +86,6 @@ class RunResults:
 def read_results(path: PathLike) -> RunResults:
     """Read a ``results.json``; a missing, unreadable or foreign file is a ``ConfigError`` naming it."""
     return RunResults.from_dict(read_json_object(path), str(path))
-
-
-def read_json_object(path: PathLike) -> Dict[str, Any]:
-    """The JSON object in ``path``; a missing or unreadable file, or one that holds no object, is a
-    ``ConfigError`` naming it."""
-    path = Path(path)
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path} not found") from None
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise ConfigError(f"{path} is not readable JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
 
 
 def write_json_atomic(path: PathLike, value: Any) -> Path:

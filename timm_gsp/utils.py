@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-__all__ = ["PathLike", "dry_forward", "eval_mode", "fsync_path", "give_plain_file_mode", "world_size_and_rank",
-           "write_file_atomic"]
+from .errors import ConfigError
+
+__all__ = ["PathLike", "dry_forward", "eval_mode", "fsync_path", "give_plain_file_mode", "read_json_object",
+           "world_size_and_rank", "write_file_atomic"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -90,3 +93,18 @@ def write_file_atomic(path: PathLike, write: Callable[[Path], None]) -> Path:
         raise
     fsync_path(path.parent)
     return path
+
+
+def read_json_object(path: PathLike) -> Dict[str, Any]:
+    """The JSON object in ``path``; a missing or unreadable file, or one that holds no object, is a
+    ``ConfigError`` naming it."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found") from None
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ConfigError(f"{path} is not readable JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
