@@ -10,15 +10,18 @@ ZSR weight changed (the recipe's learning rate was the best one for GSP and for 
 on the test classes. For GSP runs the script also measures the share of pooling weight that falls on
 the object's box, next to the box's share of the image (GAP's implicit weight).
 
-``--layout grid`` is the check on other data: a second folder (other classes: generator seed 1) in which
-the object fills one random cell of a 3 x 3 grid and every other cell is a photo crop.
+``--layout grid`` and ``--layout small`` are the checks on other data, folders that no recipe trial read the
+test classes of: ``grid`` (other classes: generator seed 1) puts the object in one random cell of a 3 x 3 grid
+and a photo crop in every other cell; ``small`` (generator seed 2, never used for any trial) keeps the free
+layout with smaller objects (19-29 px across, about half the area).
 
 Outputs (``benchmarks/results/``): ``scenes_results.json``, ``scenes_results.md`` (the README table),
-``scenes_metrics.png``, ``scenes_weight_maps.png`` (``scenes_grid_*`` for ``--layout grid``). Finished runs
+``scenes_metrics.png``, ``scenes_weight_maps.png`` (``scenes_<layout>_*`` for the checks). Finished runs
 are reused; ``--force`` redoes them.
 
     python benchmarks/scenes_benchmark.py                       # 4 methods x 3 seeds, ~1 h on 2 cores
-    python benchmarks/scenes_benchmark.py --layout grid --methods gap gsp_zsr
+    python benchmarks/scenes_benchmark.py --layout grid --methods gap gsp gsp_zsr
+    python benchmarks/scenes_benchmark.py --layout small --methods gap gsp
     python benchmarks/scenes_benchmark.py --report-only
 """
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -39,12 +43,22 @@ METHODS = {  # name -> (label, flags); everything else comes from the folder-scr
 }
 
 
-LAYOUTS = {"free": {"layout": "free", "seed": 0}, "grid": {"layout": "grid", "seed": 1}}
+LAYOUTS = {  # name -> (table title, ScenesConfig fields)
+    "free": ("Scenes", {"layout": "free", "seed": 0}),
+    "grid": ("Grid scenes", {"layout": "grid", "seed": 1}),
+    "small": ("Small-object scenes", {"layout": "free", "seed": 2, "object_size": (0.2, 0.3)}),
+}
 
 
-def scenes_root(data_dir: Path, layout: str) -> Path:
+def results_name(layout: str) -> str:
+    return "scenes" if layout == "free" else f"scenes_{layout}"
+
+
+def scenes_root(layout: str, data_dir: Optional[Path] = None) -> Path:
+    """The layout's image folder, written on first use (default: in the dataset cache)."""
+    from timm_gsp.data import default_cache_root
     from timm_gsp.data.scenes import ScenesConfig, write_scenes
-    return write_scenes(data_dir, ScenesConfig(**LAYOUTS[layout]))
+    return write_scenes(data_dir or default_cache_root() / f"{results_name(layout)}-v1", ScenesConfig(**LAYOUTS[layout][1]))
 
 
 def test_batches(model, results, root: Path, batch_size: int = 200):
@@ -65,15 +79,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    p.add_argument("--layout", choices=sorted(LAYOUTS), default="free", help="free: the benchmark; grid: the check on other data")
+    p.add_argument("--layout", choices=sorted(LAYOUTS), default="free", help="free: the benchmark; grid, small: the checks on other data")
     p.add_argument("--data-dir", type=Path, default=None, help="where the image folder is written (default: the cache)")
     p.add_argument("--force", action="store_true")
     p.add_argument("--report-only", action="store_true", help="collect the runs that exist, train nothing")
     a = p.parse_args()
-    from timm_gsp.data import default_cache_root
-    name = "scenes" if a.layout == "free" else f"scenes_{a.layout}"
+    name = results_name(a.layout)
     runs_dir = RESULTS / f"{name}_runs"
-    root = scenes_root(a.data_dir or default_cache_root() / f"{name}-v1", a.layout)
+    root = scenes_root(a.layout, a.data_dir)
     common = ["--dataset", "folder", "--data-dir", str(root), "--recipe", "folder-scratch"]
     if not a.report_only:  # seed-major: an interrupted benchmark still has every method at the first seeds
         for seed in a.seeds:
@@ -87,7 +100,7 @@ def main() -> None:
         return
     lines = method_rows(summary)
     area = summary.get("object_area_share", 0.1)
-    header = [f"{'Scenes' if a.layout == 'free' else 'Grid scenes'} test classes (100 classes x 20 images, disjoint from the 100 training classes), read from an "
+    header = [f"{LAYOUTS[a.layout][0]} test classes (100 classes x 20 images, disjoint from the 100 training classes), read from an "
               f"image folder; recipe `examples/recipes/folder-scratch.yaml` (test_resnet from scratch, output stride 8, "
               f"96 px); mean ± std (population) over seeds {a.seeds}, in %. Object weight share: mean share of the GSP "
               f"pooling weight inside the object's box over the test set (the box covers {100 * area:.0f} % of the image, "
