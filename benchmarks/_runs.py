@@ -96,6 +96,27 @@ def method_rows(summary: Dict) -> List[str]:
     return lines
 
 
+def paired_rows(summary: Dict, baseline: str = "gap") -> List[str]:
+    """Markdown rows: each method minus ``baseline`` run with the same ``--seed``, P@1 and MAP@R in points,
+    per seed and their mean (also stored in the summary as ``<metric>_minus_<baseline>``)."""
+    if baseline not in summary["methods"]:
+        return []
+    base = {r["seed"]: r for r in summary["methods"][baseline]["runs"]}
+    lines = [f"| method minus {summary['methods'][baseline]['label'].split(' (')[0]}, same seed | P@1 per seed | P@1 mean | "
+             "MAP@R per seed | MAP@R mean |", "|---|---|---|---|---|"]
+    for name, method in summary["methods"].items():
+        pairs = [(r, base[r["seed"]]) for r in method["runs"] if r["seed"] in base]
+        if name == baseline or not pairs:
+            continue
+        cells = []
+        for key in ("precision_at_1", "map_at_r"):
+            gaps = [100 * (r[key] - b[key]) for r, b in pairs]
+            cells += [" / ".join(f"{g:+.1f}" for g in gaps), f"{np.mean(gaps):+.1f}"]
+            method[f"{key}_minus_{baseline}"] = [g / 100 for g in gaps]
+        lines.append(f"| {method['label'].split(' (')[0]} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def plot_summary(summary: Dict, path: Path, object_name: str = "object") -> None:
     """MAP@R per method and seed; GSP's object weight share against the object's area share."""
     import matplotlib

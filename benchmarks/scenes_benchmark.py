@@ -19,7 +19,7 @@ Outputs (``benchmarks/results/``): ``scenes_results.json``, ``scenes_results.md`
 ``scenes_metrics.png``, ``scenes_weight_maps.png`` (``scenes_<layout>_*`` for the checks). Finished runs
 are reused; ``--force`` redoes them.
 
-    python benchmarks/scenes_benchmark.py                       # 4 methods x 3 seeds, ~1 h on 2 cores
+    python benchmarks/scenes_benchmark.py                       # 4 methods x 3 seeds, ~30 min on 2 cores
     python benchmarks/scenes_benchmark.py --layout grid --methods gap gsp gsp_zsr
     python benchmarks/scenes_benchmark.py --layout small --methods gap gsp
     python benchmarks/scenes_benchmark.py --report-only
@@ -33,7 +33,7 @@ from typing import Optional
 
 import torch
 
-from _runs import RESULTS, ROOT, collect_methods, gsp_weight_maps, method_rows, plot_summary, train_run
+from _runs import RESULTS, ROOT, collect_methods, gsp_weight_maps, method_rows, paired_rows, plot_summary, train_run
 
 METHODS = {  # name -> (label, flags); everything else comes from the folder-scratch recipe
     "gap": ("GAP (timm global_pool='avg')", ["--pool", "gap"]),
@@ -98,7 +98,7 @@ def main() -> None:
     collect_methods(summary, {m: METHODS[m] for m in a.methods}, a.seeds, runs_dir, batches)
     if not summary["methods"]:
         return
-    lines = method_rows(summary)
+    lines = [*method_rows(summary), "", *paired_rows(summary)]
     area = summary.get("object_area_share", 0.1)
     header = [f"{LAYOUTS[a.layout][0]} test classes (100 classes x 20 images, disjoint from the 100 training classes), read from an "
               f"image folder; recipe `examples/recipes/folder-scratch.yaml` (test_resnet from scratch, output stride 8, "
