@@ -96,13 +96,18 @@ def method_rows(summary: Dict) -> List[str]:
     return lines
 
 
+def short_label(label: str) -> str:
+    """A method's name without its note: "GAP (timm global_pool='avg')" -> "GAP"."""
+    return label.split(" (")[0]
+
+
 def paired_rows(summary: Dict, baseline: str = "gap") -> List[str]:
     """Markdown rows: each method minus ``baseline`` run with the same ``--seed``, P@1 and MAP@R in points,
     per seed and their mean (also stored in the summary as ``<metric>_minus_<baseline>``)."""
     if baseline not in summary["methods"]:
         return []
     base = {r["seed"]: r for r in summary["methods"][baseline]["runs"]}
-    lines = [f"| method minus {summary['methods'][baseline]['label'].split(' (')[0]}, same seed | P@1 per seed | P@1 mean | "
+    lines = [f"| method minus {short_label(summary['methods'][baseline]['label'])}, same seed | P@1 per seed | P@1 mean | "
              "MAP@R per seed | MAP@R mean |", "|---|---|---|---|---|"]
     for name, method in summary["methods"].items():
         pairs = [(r, base[r["seed"]]) for r in method["runs"] if r["seed"] in base]
@@ -113,7 +118,7 @@ def paired_rows(summary: Dict, baseline: str = "gap") -> List[str]:
             gaps = [100 * (r[key] - b[key]) for r, b in pairs]
             cells += [" / ".join(f"{g:+.1f}" for g in gaps), f"{np.mean(gaps):+.1f}"]
             method[f"{key}_minus_{baseline}"] = [g / 100 for g in gaps]
-        lines.append(f"| {method['label'].split(' (')[0]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {short_label(method['label'])} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -128,7 +133,7 @@ def plot_summary(summary: Dict, path: Path, object_name: str = "object") -> None
         vals = [r["map_at_r"] for r in summary["methods"][m]["runs"]]
         ax1.bar(x, np.mean(vals), yerr=np.std(vals), alpha=0.5, capsize=4)
         ax1.scatter([x] * len(vals), vals, color="k", zorder=3, s=12)
-    ax1.set_xticks(range(len(names)), [summary["methods"][m]["label"].split(" (")[0] for m in names])
+    ax1.set_xticks(range(len(names)), [short_label(summary["methods"][m]["label"]) for m in names])
     ax1.set(ylabel="MAP@R (test classes)", title="retrieval, mean +- std over seeds (dots: seeds)")
     gsp = [m for m in names if "object_weight_share" in summary["methods"][m]["runs"][0]]
     for x, m in enumerate(gsp):
