@@ -57,7 +57,7 @@ from timm_gsp import RetrievalModelConfig, TimmGSPError
 from timm_gsp.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from timm_gsp.data import (Augmentation, CachedDataset, MPerClassBatchSampler, build_dataset, build_eval_transform,
                            build_train_transform, carve_validation, evaluation_splits, resolve_input_config)
-from timm_gsp.errors import ConfigError, OutputExistsError, one_line, wants_traceback
+from timm_gsp.errors import ConfigError, OneLineArgumentParser, OutputExistsError, one_line, wants_traceback
 from timm_gsp.evaluate import evaluate_retrieval
 from timm_gsp.losses import GSPMetricLoss
 from timm_gsp.run_results import RunResults
@@ -97,7 +97,7 @@ class ParseKwargs(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default=None,
                         help="a name in examples/recipes (collage, folder, folder-scratch, cub, cars, sop, inshop) or a "
                              "YAML file; default: the dataset's recipe (collage without a dataset)")
@@ -543,8 +543,9 @@ def check_data_dir(args: argparse.Namespace) -> None:
         return
     if args.data_dir is None:
         raise ConfigError(f"--dataset {args.dataset} reads images from disk: pass --data-dir (the dataset's root folder)")
-    if not Path(args.data_dir).expanduser().is_dir():
-        raise ConfigError(f"--data-dir {args.data_dir}: no such folder")
+    root = Path(args.data_dir).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"--data-dir {args.data_dir}: {'a file, not a folder' if root.exists() else 'no such folder'}")
 
 
 def _train(args: argparse.Namespace, env: Distributed) -> Dict[str, Any]:

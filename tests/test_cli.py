@@ -334,6 +334,19 @@ def test_missing_images_and_model_are_one_line(workspace, capsys):
                                     "--model", workspace / "nowhere")
 
 
+def test_usage_mistakes_are_one_line(capsys):
+    """A typo in a flag or a missing argument: argparse's message on one line, without the usage text."""
+    for argv, message in ((["embed", "images", "-o", "x.safetensors", "--model", "m", "--top-kk", "3"],
+                           "unrecognized arguments: --top-kk"),
+                          (["embed"], "the following arguments are required"),
+                          (["serch"], "invalid choice: 'serch'")):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and err.startswith("timm-gsp") and message in err, err
+
+
 def _snapshot(folder):
     return {p.name: p.read_bytes() for p in folder.iterdir()}
 

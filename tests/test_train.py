@@ -124,13 +124,15 @@ def test_second_run_into_the_same_output_is_refused(tmp_path, capsys):
     (["--batch-size", "6", "--m-per-class", "4"], "--batch-size 6 must be a positive multiple of --m-per-class 4"),
     (["--scale", "0.9", "0.1"], "scale"),
     (["--num-prototypes", "0"], "num-prototypes"),
+    (["--zsr-wieght", "0.1"], "unrecognized arguments: --zsr-wieght 0.1"),  # a typo: no screen of usage first
+    (["--recipe", "folder_scratch"], "--recipe takes one of"),
 ])
 def test_bad_settings_are_one_line_errors(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_script.parse_args(["--recipe", "folder-scratch", *args])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("train.py: error:") and message in err[-1]
+    assert len(err) == 1 and err[0].startswith("train.py: error:") and message in err[0], err
 
 
 def test_errors_found_while_running_are_one_line(tmp_path, capsys):
@@ -150,6 +152,9 @@ def test_errors_found_while_running_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert status == 1 and err == f"train.py: error: --data-dir {tmp_path / 'nowhere'}: no such folder"
     assert not (tmp_path / "c").exists()
+    (tmp_path / "a-file").write_text("not images")
+    assert train_script.main(["--dataset", "folder", "--data-dir", str(tmp_path / "a-file"), "--output", str(tmp_path / "c")]) == 1
+    assert capsys.readouterr().err.strip() == f"train.py: error: --data-dir {tmp_path / 'a-file'}: a file, not a folder"
     assert train_script.main(["--dataset", "folder", "--output", str(tmp_path / "d")]) == 1
     assert "pass --data-dir" in capsys.readouterr().err
 

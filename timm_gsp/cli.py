@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .errors import DEBUG_ENV, ConfigError, TimmGSPError, one_line, wants_traceback
+from .errors import DEBUG_ENV, ConfigError, OneLineArgumentParser, TimmGSPError, one_line, wants_traceback
 
 __all__ = ["main", "build_parser", "collect_images", "read_labels"]
 
@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .search import BACKENDS
 
-    parser = argparse.ArgumentParser(prog="timm-gsp", description="Image retrieval with GSP (Generalized Sum Pooling) timm models.")
+    parser = OneLineArgumentParser(prog="timm-gsp", description="Image retrieval with GSP (Generalized Sum Pooling) timm models.")
     parser.add_argument("--version", action="version", version=f"timm-gsp {__version__}")
     parser.add_argument("--debug", action="store_true", help=f"show the traceback of errors (also: {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

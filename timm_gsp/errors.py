@@ -10,6 +10,7 @@ exceptions are bugs and keep their traceback.
 """
 from __future__ import annotations
 
+import argparse
 import os
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "DatasetLayoutError",
     "GSPUnsupportedModelError",
     "HubUnavailableError",
+    "OneLineArgumentParser",
     "OutputExistsError",
     "TimmGSPError",
     "one_line",
@@ -84,3 +86,12 @@ def one_line(error: BaseException) -> str:
 def wants_traceback(debug_flag: bool = False) -> bool:
     """``--debug`` was given, or ``TIMM_GSP_DEBUG`` is set to something other than 0 / false."""
     return debug_flag or os.environ.get(DEBUG_ENV, "").lower() not in ("", "0", "false")
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, with a usage mistake (a typo in a flag, a missing value) reported as the one line
+    ``<prog>: error: ...`` that every other user error gets, not after a screen of usage text; exit
+    status 2 as argparse's. Sub-commands made by ``add_subparsers`` inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
