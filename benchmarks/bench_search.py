@@ -96,7 +96,7 @@ def _status_kb(field: str) -> int:
     raise KeyError(field)
 
 
-class _Memory:
+class PeakMemory:
     """Peak RSS (VmHWM, reset at start) and sampled peak RssAnon growth inside a ``with`` block."""
 
     def __enter__(self):
@@ -137,7 +137,7 @@ def worker(args) -> Dict:
     index, query = read_index(gallery_file(args)), queries(args)
     runs: List[Tuple[str, torch.Tensor, torch.Tensor, float]] = []  # (setting, scores, indices, seconds)
     build = 0.0
-    with _Memory() as memory:
+    with PeakMemory() as memory:
         if args.worker == "exact":
             (scores, indices), seconds = _timed(lambda: search(query, index, K))
             runs.append(("", scores, indices, seconds))

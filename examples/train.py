@@ -48,19 +48,27 @@ try:
     from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
 except ImportError as missing:  # the training extras are not part of the core install
     sys.exit(f"train.py: error: {missing.name} is missing; the training script needs: pip install 'timm-gsp[train]'")
+from timm.scheduler import CosineLRScheduler, StepLRScheduler
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import timm_gsp
 from timm_gsp import RetrievalModelConfig, TimmGSPError
+from timm_gsp.baseline_pools import GeneralizedMeanPool
 from timm_gsp.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from timm_gsp.data import (Augmentation, CachedDataset, MPerClassBatchSampler, build_dataset, build_eval_transform,
-                           build_train_transform, carve_validation, evaluation_splits, resolve_input_config)
-from timm_gsp.errors import ConfigError, OneLineArgumentParser, OutputExistsError, one_line, wants_traceback
+from timm_gsp.cli_support import OneLineArgumentParser, one_line, wants_traceback
+from timm_gsp.data import (Augmentation, CachedDataset, MPerClassBatchSampler, RandomBatchSampler, build_dataset,
+                           build_eval_transform, build_train_transform, carve_validation, evaluation_splits,
+                           resolve_input_config)
+from timm_gsp.distributed import local_device, start_distributed, stop_distributed
+from timm_gsp.errors import ConfigError, OutputExistsError
 from timm_gsp.evaluate import evaluate_retrieval
 from timm_gsp.losses import GSPMetricLoss
+from timm_gsp.metrics import relevant_counts
 from timm_gsp.run_results import RunResults
+from timm_gsp.spec import BASELINE_POOLS, pool_spec
+from timm_gsp.utils import dry_forward, world_size_and_rank, write_file_atomic
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 DEFAULT_RECIPE = "collage"
@@ -72,8 +80,17 @@ METRIC_LOSSES = {
     "proxynca": lambda n, d: pml_losses.ProxyNCALoss(n, d, softmax_scale=1),
     "normsoftmax": lambda n, d: pml_losses.NormalizedSoftmaxLoss(n, d, temperature=0.05),
 }
-POOLS = {"gsp": "gsp", "gap": "avg", "max": "max"}  # --pool -> the timm / timm-gsp pool
+# --pool -> the timm / timm-gsp pool: GSP, GAP (timm's "avg") and every baseline the factory accepts
+POOLS = {"gsp": "gsp", "gap": "avg", **{name: name for name in BASELINE_POOLS if name != "avg"}}
 SELECTION_METRIC = "map_at_r"  # what checkpoint-best maximises on the validation classes
+# "Not learning" (a warning, and learning_check in results.json) needs both signs at once, judged from the
+# second epoch on. The loss: a run that learns lowers its epoch-mean metric loss by well over 5 % within a few
+# epochs, while at a fixed model the mean only wanders by a few percent with the batches drawn; so a last epoch
+# above LOSS_STALL_RATIO x the first has not really moved. Retrieval: P@1 below CHANCE_MULTIPLE x the P@1 of a
+# random ranking means the embedding hardly puts a same-class image first. Either sign alone is common in a
+# healthy run (a loss that plateaus early, a hard split); both together say the recipe needs changing.
+LOSS_STALL_RATIO = 0.95
+CHANCE_MULTIPLE = 2.0
 # Settings that may differ between a run and its --resume (everything else must match the checkpoint).
 RESUMABLE = frozenset({"epochs", "eval_every", "workers", "cache_images", "data_dir", "no_progress",
                        "stop_after_epoch", "resume", "overwrite", "output", "debug"})
@@ -117,8 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start from the backbone's pretrained weights")
     model.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="KEY=VALUE",
                        help="extra timm.create_model arguments, e.g. output_stride=8 img_size=96")
-    model.add_argument("--pool", choices=sorted(POOLS), default="gsp")
-    model.add_argument("--embed-dim", type=int, default=512)
+    model.add_argument("--pool", choices=sorted(POOLS), default="gsp",
+                       help="global pooling: gsp, or a baseline (gap: average, max, ...; gem: generalised mean)")
+    model.add_argument("--embed-dim", type=int, default=512,
+                       help="size of the linear embedding after the pool; 0: no embedding layer (the pooled features)")
     model.add_argument("--num-prototypes", type=int, default=timm_gsp.GSP_DEFAULTS["num_prototypes"])
     model.add_argument("--transport-ratio", type=float, default=timm_gsp.GSP_DEFAULTS["transport_ratio"])
     model.add_argument("--gamma", type=float, default=timm_gsp.GSP_DEFAULTS["gamma"])
@@ -151,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--clip-grad", type=float, default=None)
     optim.add_argument("--epochs", type=int, default=10)
     optim.add_argument("--batch-size", type=int, default=64, help="per process")
-    optim.add_argument("--m-per-class", type=int, default=4)
+    optim.add_argument("--m-per-class", type=int, default=4,
+                       help="batch composition: M images of each of batch-size / M classes; 0: plain random batches")
     optim.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default="auto",
                        help="auto: bf16 on CUDA (fp16 where bf16 is missing), none on CPU")
     run = parser.add_argument_group("run")
@@ -209,8 +229,14 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     """Settings that cannot work, named with the flag that fixes them (argparse: one line, exit 2)."""
     if args.dataset is None or args.model is None:
         parser.error("--dataset and --model are required (or a recipe that sets them)")
-    if args.batch_size < 1 or args.m_per_class < 1 or args.batch_size % args.m_per_class:
+    if args.m_per_class < 0:
+        parser.error(f"--m-per-class must be >= 1 (class-balanced batches) or 0 (random batches), got {args.m_per_class}")
+    if args.batch_size < 1 or (args.m_per_class and args.batch_size % args.m_per_class):
         parser.error(f"--batch-size {args.batch_size} must be a positive multiple of --m-per-class {args.m_per_class}")
+    if args.pool == "gsp" and args.zsr_weight > 0 and args.m_per_class == 0:
+        # GSPMetricLoss refuses (ValueError) a batch whose halves share no class, which random batches often are
+        parser.error("the zero-shot regulariser fits on one half of each batch and predicts the other's classes, which "
+                     "random batches (--m-per-class 0) do not put in both halves: pass --zsr-weight 0, or --m-per-class >= 2")
     if args.pool == "gsp" and args.zsr_weight > 0 and args.m_per_class < 2:
         parser.error(f"the zero-shot regulariser fits on one half of each batch and predicts the other, so every class "
                      f"needs >= 2 images per batch: raise --m-per-class ({args.m_per_class}) or pass --zsr-weight 0")
@@ -219,8 +245,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if not 0.0 <= args.val_fraction < 1.0:
         parser.error(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     for flag in ("epochs", "eval_every", "embed_dim", "num_prototypes"):
-        if getattr(args, flag) < (0 if flag == "embed_dim" else 1):
-            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+        least = 0 if flag == "embed_dim" else 1
+        if getattr(args, flag) < least:
+            parser.error(f"--{flag.replace('_', '-')} must be >= {least}, got {getattr(args, flag)}")
     if args.workers is not None and args.workers < 0:
         parser.error(f"--workers must be >= 0, got {args.workers}")
     if args.resume and args.overwrite:
@@ -234,19 +261,12 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 
 class Distributed:
-    """torchrun's environment, or a single process."""
+    """torchrun's job (joined by the package's ``start_distributed``), or a single process."""
 
     def __init__(self) -> None:
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if torch.cuda.is_available():
-            torch.cuda.set_device(self.local_rank)
-            self.device = torch.device("cuda", self.local_rank)
-        else:
-            self.device = torch.device("cpu")
-        if self.enabled:
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        start_distributed()
+        self.world_size, self.rank = world_size_and_rank()
+        self.device = local_device()
 
     @property
     def enabled(self) -> bool:
@@ -276,8 +296,7 @@ class Distributed:
                     p.grad /= self.world_size
 
     def close(self) -> None:
-        if self.enabled and dist.is_initialized():
-            dist.destroy_process_group()
+        stop_distributed()
 
 
 def amp_dtype(choice: str, device: torch.device) -> Optional[torch.dtype]:
@@ -345,8 +364,8 @@ def check_eval_split(splits: Dict[str, Any]) -> None:
 
 
 def build_data(args, model, env: Distributed):
-    """Train loader (m-per-class batches, sharded over ranks), the evaluation split(s), their data config
-    (input size, mean, std, crop: what an exported model publishes) and the two transforms."""
+    """Train loader (m-per-class or random batches, sharded over ranks), the evaluation split(s), their data
+    config (input size, mean, std, crop: what an exported model publishes) and the two transforms."""
     # The preprocessing the metrics are measured with: what an exported model must publish.
     eval_data_config = resolve_input_config(model, args.img_size, crop_pct=args.crop_pct, interpolation=args.interpolation)
     augmentation = Augmentation(scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip,
@@ -375,13 +394,19 @@ def build_data(args, model, env: Distributed):
     if args.cache_images:  # after the splits are carved: each decodes only its own images
         train_set = CachedDataset(train_set, progress=not args.no_progress)
         eval_splits = {name: CachedDataset(split, progress=not args.no_progress) for name, split in eval_splits.items()}
-    classes_per_batch = args.batch_size // args.m_per_class
-    if train_set.num_classes < classes_per_batch:
-        raise ConfigError(f"--batch-size {args.batch_size} / --m-per-class {args.m_per_class} = {classes_per_batch} classes "
-                          f"per batch, but the training split has {train_set.num_classes}: lower --batch-size")
-    sampler = MPerClassBatchSampler(train_set.labels, args.m_per_class, args.batch_size,
-                                    num_batches=max(len(train_set) // (args.batch_size * env.world_size), 1) * env.world_size,
-                                    num_replicas=env.world_size, rank=env.rank, seed=args.seed)
+    # one pass over the training images per epoch, whatever the world size
+    layout = dict(num_batches=max(len(train_set) // (args.batch_size * env.world_size), 1) * env.world_size,
+                  num_replicas=env.world_size, rank=env.rank, seed=args.seed)
+    if args.m_per_class == 0:
+        if len(train_set) < args.batch_size:
+            raise ConfigError(f"--batch-size {args.batch_size} is more than the {len(train_set)} training images: lower --batch-size")
+        sampler = RandomBatchSampler(train_set.labels, args.batch_size, **layout)
+    else:
+        classes_per_batch = args.batch_size // args.m_per_class
+        if train_set.num_classes < classes_per_batch:
+            raise ConfigError(f"--batch-size {args.batch_size} / --m-per-class {args.m_per_class} = {classes_per_batch} "
+                              f"classes per batch, but the training split has {train_set.num_classes}: lower --batch-size")
+        sampler = MPerClassBatchSampler(train_set.labels, args.m_per_class, args.batch_size, **layout)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers,
                         pin_memory=env.device.type == "cuda", persistent_workers=args.workers > 0)
     return train_set, loader, sampler, eval_splits, eval_data_config, (train_tf, eval_tf)
@@ -391,7 +416,7 @@ def model_description(args, data_config: Optional[Dict[str, Any]] = None) -> Ret
     kwargs = dict(args.model_kwargs)
     if args.drop_path is not None:
         kwargs["drop_path_rate"] = args.drop_path
-    pool = timm_gsp.factory.pool_spec(POOLS[args.pool], args.num_prototypes, args.transport_ratio, args.gamma)
+    pool = pool_spec(POOLS[args.pool], args.num_prototypes, args.transport_ratio, args.gamma)
     return RetrievalModelConfig(args.model, embed_dim=args.embed_dim, pool=pool, model_kwargs=kwargs,
                                 data_config=data_config or {})
 
@@ -424,8 +449,16 @@ def init_prototypes(model, train_set, env: Distributed, seed: int, args, num_ima
                           f"or pass --prototype-init random") from None
 
 
-def build_criterion(args, model, num_classes: int, env: Distributed) -> torch.nn.Module:
-    metric_loss = METRIC_LOSSES[args.loss](num_classes, args.embed_dim)
+def embedding_size(args, model, data_config: Dict[str, Any]) -> int:
+    """Width of the model's output: --embed-dim, or without an embedding layer the pooled features'
+    (a dry forward: catavgmax doubles the backbone's width, a wrapped model has its own)."""
+    if args.embed_dim:
+        return args.embed_dim
+    return int(dry_forward(model, tuple(data_config["input_size"])).shape[-1])
+
+
+def build_criterion(args, model, num_classes: int, embed_size: int, env: Distributed) -> torch.nn.Module:
+    metric_loss = METRIC_LOSSES[args.loss](num_classes, embed_size)
     if env.enabled:
         metric_loss = DistributedLossWrapper(metric_loss)  # pairs across ranks, as one big batch
     zsr_weight = args.zsr_weight if timm_gsp.gsp_modules(model) else 0.0
@@ -434,8 +467,10 @@ def build_criterion(args, model, num_classes: int, env: Distributed) -> torch.nn
 
 
 def build_optimizer(args, model, criterion) -> torch.optim.Optimizer:
-    """Separate learning rates: backbone, embedding head, GSP prototypes, loss parameters."""
-    head = {id(p) for p in model.get_classifier().parameters()}
+    """Separate learning rates: backbone, embedding head, GSP prototypes, loss parameters. GeM's exponent
+    is new like the embedding, not pretrained: it learns at the head's rate."""
+    new_pools = [m for m in model.modules() if isinstance(m, GeneralizedMeanPool)]
+    head = {id(p) for module in [model.get_classifier(), *new_pools] for p in module.parameters()}
     groups: Dict[str, List[torch.nn.Parameter]] = {"backbone": [], "head": [], "prototypes": []}
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -451,27 +486,39 @@ def build_optimizer(args, model, criterion) -> torch.optim.Optimizer:
 
 
 def build_scheduler(args, optimizer, steps_per_epoch: int):
+    """timm's per-update schedule of every group's rate ``peak`` (its ``initial_lr``), over T = epochs x
+    steps_per_epoch updates with W = warmup_epochs x steps_per_epoch of warm-up: update t runs at
+
+        peak * t / W                                   for t < W   (a linear warm-up from 0)
+        peak * (1 + cos(pi * (t - W) / (T - W))) / 2   for t >= W  (--sched cosine; --sched none: peak)
+
+    Step it after each update with ``step_update(updates done)``. It is a pure function of the
+    settings and the update count, so a resumed run restores the count and, with a new --epochs,
+    follows the schedule stretched to the new length."""
     total = max(args.epochs * steps_per_epoch, 1)
     warmup = int(args.warmup_epochs * steps_per_epoch)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if args.sched == "none":
-            return 1.0
-        progress = (step - warmup) / max(total - warmup, 1)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    common = dict(warmup_t=warmup, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
+    if args.sched == "none" or total - warmup <= 1:  # (a cosine over one update is its peak: no schedule to follow)
+        return StepLRScheduler(optimizer, decay_t=total, decay_rate=1.0, **common)
+    return CosineLRScheduler(optimizer, t_initial=total - warmup, lr_min=0.0, **common)
 
 
-def describe_run(args, optimizer, transforms, train_set, eval_splits) -> str:
+def batch_composition(args) -> str:
+    """How a batch is made, in words: ``16 classes x 4`` or random."""
+    if args.m_per_class == 0:
+        return "random images, no class balancing"
+    return f"{args.batch_size // args.m_per_class} classes x {args.m_per_class}"
+
+
+def describe_run(args, optimizer, transforms, train_set, eval_splits, embed_size: int) -> str:
     """What the run is about to do, for the first lines of its log."""
     # the schedule's peak rates (initial_lr), not the first step's: a warm-up starts below them
     lrs = ", ".join(f"{g['name']} {g.get('initial_lr', g['lr']):g}" for g in optimizer.param_groups)
     if args.warmup_epochs:
         lrs += f" (after {args.warmup_epochs:g} warm-up epoch{'s' if args.warmup_epochs != 1 else ''})"
-    pool = timm_gsp.factory.pool_spec(POOLS[args.pool], args.num_prototypes, args.transport_ratio, args.gamma)
+    spec = pool_spec(POOLS[args.pool], args.num_prototypes, args.transport_ratio, args.gamma)
+    pool = args.pool if spec == args.pool else f"{args.pool} ({spec})"
+    embedding = f"embedding {embed_size}" if args.embed_dim else f"no embedding layer (the {embed_size}-d pooled features)"
     zsr = f" + ZSR {args.zsr_weight:g}" if args.pool == "gsp" and args.zsr_weight else ""
     evals = ", ".join(f"{name} {len(s)} images / {s.num_classes} classes" for name, s in eval_splits.items())
     train_tf, eval_tf = transforms
@@ -479,13 +526,58 @@ def describe_run(args, optimizer, transforms, train_set, eval_splits) -> str:
     return "\n".join([
         f"recipe {args.recipe} ({recipe_path(args.recipe)})",
         f"model {args.model}{' (pretrained)' if args.pretrained else ' (from scratch)'} {dict(args.model_kwargs) or ''}, "
-        f"pool {pool}, embedding {args.embed_dim}",
+        f"pool {pool}, {embedding}",
         f"data {args.dataset} {args.data_dir or ''}: train {len(train_set)} images / {train_set.num_classes} classes; eval {evals}",
         f"loss {args.loss}{zsr}; {args.opt} learning rates: {lrs}; weight decay {args.weight_decay:g}; "
-        f"{args.epochs} epochs, batch {args.batch_size} ({args.batch_size // args.m_per_class} classes x {args.m_per_class})",
+        f"{args.epochs} epochs, batch {args.batch_size} ({batch_composition(args)})",
         f"train transform: {steps(train_tf)}",
         f"eval transform: {steps(eval_tf)}",
     ])
+
+
+def saved_update_count(saved: Dict[str, Any]) -> int:
+    """The update count a checkpoint's schedule reached (``last_epoch`` in the checkpoints of the torch
+    LambdaLR that timm's scheduler replaced: it stepped once per update too)."""
+    return int(saved["num_updates"] if "num_updates" in saved else saved["last_epoch"])
+
+
+# --- is the run learning? ---------------------------------------------------------------------------
+
+def chance_precision_at_1(splits: Dict[str, Any]) -> Optional[float]:
+    """P@1 of a random ranking: the mean, over the queries the metrics count (those with an item of their
+    class to find), of the share of same-class items among the candidates: ``(n_c - 1) / (N - 1)`` within
+    one split, ``n_c / N`` of the gallery for a query / gallery pair. None when no query counts."""
+    same_set = set(splits) != {"query", "gallery"}
+    if same_set:
+        (queries,) = (split.labels for split in splits.values())
+        gallery = queries
+    else:
+        queries, gallery = splits["query"].labels, splits["gallery"].labels
+    same = relevant_counts(queries, gallery, same_set)  # R of each query, as the metrics count it
+    counted = same[same > 0]
+    return float(counted.double().mean()) / (len(gallery) - same_set) if len(counted) else None
+
+
+def learning_check(history: List[Dict[str, Any]], precision_at_1: Optional[float],
+                   chance: Optional[float]) -> Optional[Dict[str, Any]]:
+    """``{"not_learning": bool, ...}`` with the numbers it was judged on (see LOSS_STALL_RATIO and
+    CHANCE_MULTIPLE); None before a second epoch (no trend yet) or without a P@1 to judge."""
+    losses = [h["train_loss"] for h in history if h.get("train_loss") is not None]
+    if len(losses) < 2 or precision_at_1 is None or chance is None:
+        return None
+    stalled = losses[-1] >= LOSS_STALL_RATIO * losses[0]  # (>=: a loss stuck at 0 gives no gradient either)
+    return {"not_learning": bool(stalled and precision_at_1 < CHANCE_MULTIPLE * chance), "epochs": len(losses),
+            "first_epoch_loss": losses[0], "last_epoch_loss": losses[-1], "precision_at_1": precision_at_1,
+            "chance_precision_at_1": chance}
+
+
+def not_learning_warning(check: Dict[str, Any]) -> str:
+    """One line: the numbers, and what to change."""
+    return (f"train.py: warning: this run is not learning: training loss {check['first_epoch_loss']:.4g} in epoch 1 "
+            f"and {check['last_epoch_loss']:.4g} in epoch {check['epochs']} (not below {LOSS_STALL_RATIO:g} x), "
+            f"P@1 {check['precision_at_1']:.3f} below {CHANCE_MULTIPLE:g} x chance ({check['chance_precision_at_1']:.3f}); "
+            f"try a 10x lower or higher --lr, another --m-per-class (0: random batches), a --model whose early "
+            f"stages keep more resolution, or a larger --img-size")
 
 
 # --- pictures ---------------------------------------------------------------------------------------
@@ -509,21 +601,18 @@ def plot_metrics(history: List[Dict[str, Any]], path: Path) -> None:
 
 
 def save_weight_maps(model, eval_set, path: Path, count: int = 8) -> None:
-    """One PNG: GSP's selection over ``count`` evenly spaced held-out images."""
-    from PIL import Image
-
+    """One PNG (``viz.weight_map_sheet``): ``count`` evenly spaced held-out images, each above GSP's
+    selection over it, captioned with its class."""
     from timm_gsp import viz
 
-    indices = range(0, len(eval_set), max(len(eval_set) // count, 1))
-    images = torch.stack([eval_set[i][0] for i in indices][:count]).to(next(model.parameters()).device)
+    indices = list(range(0, len(eval_set), max(len(eval_set) // count, 1)))[:count]
+    samples = [eval_set[i] for i in indices]
+    images = torch.stack([image for image, _ in samples]).to(next(model.parameters()).device)
+    classes = getattr(eval_set, "classes", None)
+    captions = [str(classes[int(label)]) if classes is not None else f"class {int(label)}" for _, label in samples]
     config = resolve_input_config(model)
-    maps = viz.pooling_maps(model, images)
-    shown = viz.denormalize(images.float().cpu(), config["mean"], config["std"])
-    tiles = [viz.overlay(shown[i], maps.selection[i].cpu()).resize((128, 128), Image.NEAREST) for i in range(len(images))]
-    grid = Image.new("RGB", (128 * len(tiles), 128))
-    for i, tile in enumerate(tiles):
-        grid.paste(tile, (128 * i, 0))
-    grid.save(path)
+    sheet = viz.weight_map_sheet(model, images, config["mean"], config["std"], captions=captions, columns=count)
+    write_file_atomic(path, lambda tmp: sheet.save(tmp, format="PNG"))
 
 
 # --- training -----------------------------------------------------------------------------------------
@@ -561,9 +650,11 @@ def _train(args: argparse.Namespace, env: Distributed) -> Dict[str, Any]:
     model = build_model(args, env)
     train_set, loader, sampler, eval_splits, eval_data_config, transforms = build_data(args, model, env)
     description = model_description(args, eval_data_config)
-    criterion = build_criterion(args, model, train_set.num_classes, env)
+    embed_size = embedding_size(args, model, eval_data_config)
+    criterion = build_criterion(args, model, train_set.num_classes, embed_size, env)
     optimizer = build_optimizer(args, model, criterion)
     scheduler = build_scheduler(args, optimizer, len(sampler))
+    num_updates = 0  # optimiser updates so far: the schedule's clock
     dtype = amp_dtype(args.amp, env.device)
     scaler = torch.amp.GradScaler(env.device.type, enabled=dtype == torch.float16)
     history: List[Dict[str, Any]] = []
@@ -573,7 +664,8 @@ def _train(args: argparse.Namespace, env: Distributed) -> Dict[str, Any]:
         model.load_state_dict(model_state)
         criterion.load_state_dict(state["criterion"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        num_updates = saved_update_count(state["scheduler"])
+        scheduler.step_update(num_updates)  # the rate of the next update, on this run's (maybe stretched) schedule
         scaler.load_state_dict(state["scaler"])
         sampler.load_state_dict(state["sampler"])
         restore_rng_state(state["rng"][env.rank])
@@ -581,7 +673,7 @@ def _train(args: argparse.Namespace, env: Distributed) -> Dict[str, Any]:
     elif args.pool == "gsp" and args.prototype_init == "kcenter":
         init_prototypes(model, train_set, env, args.seed, args)
     if env.is_main:
-        print(describe_run(args, optimizer, transforms, train_set, eval_splits), flush=True)
+        print(describe_run(args, optimizer, transforms, train_set, eval_splits, embed_size), flush=True)
         if resume is not None:
             print(f"resumed from {resume} at epoch {start_epoch + 1}", flush=True)
 
@@ -590,6 +682,7 @@ def _train(args: argparse.Namespace, env: Distributed) -> Dict[str, Any]:
     eval_kwargs = dict(batch_size=args.batch_size, num_workers=args.workers, device=env.device, amp_dtype=dtype,
                        progress=not args.no_progress)
     clipped = [p for g in optimizer.param_groups for p in g["params"]]
+    chance = chance_precision_at_1(eval_splits)
     metrics: Dict[str, float] = {}
     for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
@@ -609,12 +702,14 @@ def _train(args: argparse.Namespace, env: Distributed) -> Dict[str, Any]:
                 torch.nn.utils.clip_grad_norm_(clipped, args.clip_grad)
             scaler.step(optimizer)
             scaler.update()
-            scheduler.step()
+            num_updates += 1
+            scheduler.step_update(num_updates)
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         record: Dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None}
         improved = False
-        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+        evaluated = (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs
+        if evaluated:
             metrics = evaluate_retrieval(model, eval_splits, **eval_kwargs)
             record.update({k: (v if math.isfinite(v) else None) for k, v in metrics.items()})
             score = record.get(SELECTION_METRIC)
@@ -625,8 +720,11 @@ def _train(args: argparse.Namespace, env: Distributed) -> Dict[str, Any]:
         rng_states = env.all_gather_object(rng_state())
         if env.is_main:
             print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()), flush=True)
+            check = learning_check(history, record.get("precision_at_1"), chance) if evaluated else None
+            if check and check["not_learning"] and epoch + 1 < args.epochs:  # the last epoch's is said at the end
+                print(not_learning_warning(check), file=sys.stderr, flush=True)
             state = {"epoch": epoch, "criterion": criterion.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "sampler": sampler.state_dict(),
+                     "scheduler": {"num_updates": num_updates}, "scaler": scaler.state_dict(), "sampler": sampler.state_dict(),
                      "rng": rng_states, "history": history, "best": best, "config": vars(args)}
             save_checkpoint(output / "checkpoint", model.state_dict(), state, model_config=description)
             if improved:
@@ -640,12 +738,14 @@ def _train(args: argparse.Namespace, env: Distributed) -> Dict[str, Any]:
     if not metrics and not best["metrics"]:  # resumed after the last epoch: evaluate the final weights
         metrics = evaluate_retrieval(model, eval_splits, **eval_kwargs)
     selected = args.val_fraction > 0 and best["metrics"] is not None
+    reported = best["metrics"] if selected else metrics
+    check = learning_check(history, reported.get("precision_at_1"), chance)
     results = RunResults(
-        model=description, metrics=best["metrics"] if selected else metrics, dataset=args.dataset,
+        model=description, metrics=reported, dataset=args.dataset,
         dataset_root=str(Path(args.data_dir).resolve()) if args.data_dir else None, eval_split="+".join(eval_splits),
         checkpoint="checkpoint-best" if selected else "checkpoint", best_epoch=best["epoch"] if selected else None,
         epochs=args.epochs, recipe=json.loads(json.dumps(vars(args))), world_size=env.world_size,
-        wall_time_s=time.time() - started, timm_gsp_version=timm_gsp.__version__)
+        wall_time_s=time.time() - started, timm_gsp_version=timm_gsp.__version__, learning_check=check)
     if env.is_main:
         results.write(output / "results.json")
         plot_metrics(history, output / "metrics.png")
@@ -656,13 +756,13 @@ def _train(args: argparse.Namespace, env: Distributed) -> Dict[str, Any]:
         chosen = f" (best epoch {results.best_epoch} of {args.epochs}, {results.checkpoint}/)" if selected else ""
         print(f"{args.pool.upper()} on held-out classes ({results.eval_split}){chosen}: {summary}")
         print(f"wrote {output / 'results.json'}, {output / 'metrics.png'}, {output / results.checkpoint}")
+        if check and check["not_learning"]:
+            print(not_learning_warning(check), file=sys.stderr, flush=True)
     return results.to_dict()
 
 
 def write_lines(path: Path, lines: List[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, path)
+    write_file_atomic(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8"))
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -347,6 +347,23 @@ def test_usage_mistakes_are_one_line(capsys):
         assert "\n" not in err and err.startswith("timm-gsp") and message in err, err
 
 
+
+def test_errors_hold_error_types_only_and_the_printer_lives_with_the_cli(capsys, monkeypatch):
+    from timm_gsp import cli_support, errors
+
+    assert all(issubclass(getattr(errors, name), errors.TimmGSPError) for name in errors.__all__)
+    assert not hasattr(errors, "OneLineArgumentParser") and not hasattr(errors, "one_line")
+    # a DataLoader worker's error: only the original message is kept, on one line
+    wrapped = errors.ConfigError("Caught ConfigError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                                 "call last):\n  File x\ntimm_gsp.errors.ConfigError: bad  image size")
+    assert cli_support.one_line(wrapped) == "bad image size"
+    monkeypatch.delenv(cli_support.DEBUG_ENV, raising=False)
+    assert not cli_support.wants_traceback() and cli_support.wants_traceback(True)
+    monkeypatch.setenv(cli_support.DEBUG_ENV, "1")
+    assert cli_support.wants_traceback()
+    monkeypatch.setenv(cli_support.DEBUG_ENV, "false")
+    assert not cli_support.wants_traceback()
+
 def _snapshot(folder):
     return {p.name: p.read_bytes() for p in folder.iterdir()}
 

@@ -16,7 +16,7 @@ from fixtures_data import (
 )
 from timm_gsp.data import (
     Augmentation, CachedDataset, CollageConfig, CollageDataset, CorruptImageError, DatasetLayoutError,
-    MPerClassBatchSampler, build_dataset, build_transforms, ensure_collage, evaluation_splits,
+    MPerClassBatchSampler, RandomBatchSampler, build_dataset, build_transforms, ensure_collage, evaluation_splits,
     find_unreadable_images, generate_collage, load_rgb, split_classes,
 )
 from timm_gsp.errors import ConfigError
@@ -514,6 +514,69 @@ def test_sampler_with_dataloader(tmp_path):
     assert x.shape == (6, 64, 64, 3) and sorted(torch.bincount(y)[torch.bincount(y) > 0].tolist()) == [2, 2, 2]
     with pytest.raises(ValueError, match="multiple"):
         MPerClassBatchSampler(ds, m=4, batch_size=6)
+
+
+def test_sampler_random_batches_cover_each_sample_once_per_epoch_without_balancing():
+    labels = _labels()
+    sampler = RandomBatchSampler(labels, batch_size=8, seed=2)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == len(labels) // 8 and all(len(b) == 8 for b in batches)
+    drawn = np.concatenate(batches)
+    assert len(set(drawn.tolist())) == len(drawn)  # one pass: no sample twice in an epoch
+    # not class-balanced: some batch holds a class an odd number of times (m-per-class never does)
+    counts = [np.bincount(labels[b], minlength=13) for b in batches]
+    assert any(((c % 2) == 1).any() for c in counts)
+    # asking for more batches than one pass walks a second, reshuffled pass
+    longer = list(RandomBatchSampler(labels, batch_size=8, num_batches=2 * len(labels) // 8, seed=2))
+    assert longer[:len(batches)] == batches and len(longer) == 2 * len(labels) // 8
+    with pytest.raises(ConfigError, match="batch_size"):
+        RandomBatchSampler(labels, batch_size=len(labels) + 1)
+
+
+def test_sampler_random_batches_are_a_function_of_seed_and_epoch_and_shard_like_m_per_class():
+    labels = _labels(num_classes=20, per_class=(4, 12))
+    a, b = RandomBatchSampler(labels, 8, seed=7), RandomBatchSampler(labels, 8, seed=7)
+    assert list(a) == list(b)
+    a.set_epoch(1)
+    assert list(a) != list(b)
+    b.set_epoch(1)
+    assert list(a) == list(b)
+    assert list(RandomBatchSampler(labels, 8, seed=8)) != list(RandomBatchSampler(labels, 8, seed=7))
+    world = 3
+    single = list(RandomBatchSampler(labels, 8, seed=3, num_replicas=1, rank=0))
+    per_rank = [list(RandomBatchSampler(labels, 8, seed=3, num_replicas=world, rank=r)) for r in range(world)]
+    assert len({len(p) for p in per_rank}) == 1 and len(per_rank[0]) == len(single) // world
+    interleaved = [per_rank[i % world][i // world] for i in range(world * len(per_rank[0]))]
+    assert interleaved == single[:len(interleaved)]
+    drawn = [i for p in per_rank for batch in p for i in batch]
+    assert len(drawn) == len(set(drawn))  # ranks see disjoint samples
+    with pytest.raises(ValueError, match="rank"):
+        RandomBatchSampler(labels, 8, num_replicas=2, rank=2)
+
+
+def test_sampler_random_batches_resume_mid_epoch_identical():
+    labels = _labels()
+    ref = RandomBatchSampler(labels, 6, seed=11, num_replicas=2, rank=1)
+    ref.set_epoch(3)
+    full = list(ref)
+    run = RandomBatchSampler(labels, 6, seed=11, num_replicas=2, rank=1)
+    run.set_epoch(3)
+    it = iter(run)
+    head = [next(it) for _ in range(2)]
+    state = run.state_dict()
+    assert state["epoch"] == 3 and state["position"] == 2 and state["m"] == 0
+    resumed = RandomBatchSampler(labels, 6, seed=11, num_replicas=2, rank=1)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(3)
+    assert head + list(resumed) == full
+    with pytest.raises(ValueError, match="RandomBatchSampler.load_state_dict: batch_size"):
+        RandomBatchSampler(labels, 3, seed=11, num_replicas=2, rank=1).load_state_dict(state)
+    # random and m-per-class batches are different sequences: either checkpoint is refused by the other
+    m_state = MPerClassBatchSampler(labels, 2, 6, seed=11, num_replicas=2, rank=1).state_dict()
+    with pytest.raises(ValueError, match="RandomBatchSampler.load_state_dict: m=2 in the checkpoint but 0 now"):
+        RandomBatchSampler(labels, 6, seed=11, num_replicas=2, rank=1).load_state_dict(m_state)
+    with pytest.raises(ValueError, match="MPerClassBatchSampler.load_state_dict: m=0 in the checkpoint but 2 now"):
+        MPerClassBatchSampler(labels, 2, 6, seed=11, num_replicas=2, rank=1).load_state_dict(state)
 
 
 # ---------------------------------------------------------------- transforms

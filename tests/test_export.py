@@ -46,6 +46,8 @@ def test_example_input_takes_the_size_the_model_is_built_for_from_its_descriptio
     assert example_input(model, 40, batch_size=3).shape == (3, 3, 40, 40)
     with torch.no_grad():  # the model runs at that size
         assert model(example_input(model, config)).shape == (2, 8)
+    with pytest.raises(timm_gsp.ConfigError, match=r"input_size must be an int, \(H, W\) or \(C, H, W\)"):
+        example_input(model, [3, 32, 32, 1])
 
 
 @torch.no_grad()

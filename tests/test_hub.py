@@ -24,16 +24,8 @@ from safetensors.torch import save_file
 import timm_gsp
 from timm_gsp import CheckpointMismatchError, ConfigError, HubUnavailableError, RetrievalModelConfig, gsp_modules
 from timm_gsp.checkpoint import save_checkpoint
-from timm_gsp.hub import (
-    PUBLISHED_FILES,
-    find_model,
-    load_model,
-    load_state_dict,
-    push_to_hub,
-    read_state_dict,
-    save_pretrained,
-    upload_folder,
-)
+from timm_gsp.hub import PUBLISHED_FILES, load_state_dict, push_to_hub, read_state_dict, save_pretrained, upload_folder
+from timm_gsp.model_sources import find_model, load_model
 from timm_gsp.losses import GSPMetricLoss
 from timm_gsp.run_results import RunResults
 
@@ -155,12 +147,22 @@ def test_training_moved_the_prototypes(cnn):
     assert not torch.equal(pool.prototypes, fresh_pool.prototypes)
 
 
+def embed_single_threaded(model, x):
+    """``model(x)`` on one thread, as the fresh process runs (``conftest.subprocess_env``): a convolution's
+    float sums depend on how its work is split between threads, so bit equality needs the same count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("case", ["cnn", "vit", "wrapped", "hf-hub"])
 def test_round_trip_is_bit_exact_in_a_fresh_process(published, reloaded, case):
     model, _, config, _, x = published["cnn" if case == "hf-hub" else case]
-    with torch.no_grad():
-        expected = model(x)
-    assert torch.equal(reloaded[case], expected)
+    assert torch.equal(reloaded[case], embed_single_threaded(model, x))
 
 
 @pytest.mark.parametrize("case", ["cnn", "vit", "wrapped"])
@@ -448,14 +450,171 @@ def test_real_upload_round_trip(cnn, tmp_path):
     model, _, config, _, x = cnn
     repo_id = f"{user}/timm-gsp-test-{uuid.uuid4().hex[:8]}"
     try:
-        push_to_hub(model, repo_id, results_for(config), token=token, private=True)
+        push_to_hub(model, repo_id, results_for(config), token=token, upload_kwargs={"private": True})
         uploaded = {f for f in HfApi(token=token).list_repo_files(repo_id)} - {".gitattributes"}
         assert uploaded == set(PUBLISHED_FILES)
         save_file({"x": x}, str(tmp_path / "x.safetensors"))
-        with torch.no_grad():
-            expected = model(x)
+        expected = embed_single_threaded(model, x)
         env = dict(os.environ, HF_HUB_OFFLINE="0", HF_HUB_CACHE=str(tmp_path / "cache"))
         (got,) = reload_in_fresh_process([(f"hf-hub:{repo_id}", tmp_path / "x.safetensors", tmp_path / "y.safetensors")], env)
         assert torch.equal(got, expected)
     finally:
         HfApi(token=token).delete_repo(repo_id, missing_ok=True)
+
+
+# --- the model card: huggingface_hub's own format ---------------------------------------------------
+
+def test_card_parses_back_with_huggingface_hub_and_names_its_metrics(cnn, tmp_path):
+    from huggingface_hub import ModelCard
+
+    model, _, config, *_ = cnn
+    folder = save_pretrained(model, tmp_path / "p", results_for(config), repo_id="someone/gsp-resnet-cub")
+    card = ModelCard.load(folder / "README.md")
+    assert (card.data.library_name, card.data.pipeline_tag, card.data.model_name) == \
+        ("timm", "image-feature-extraction", "gsp-resnet-cub")
+    results = card.data.eval_results
+    assert {r.metric_type: r.metric_value for r in results} == METRICS
+    assert {(r.dataset_type, r.dataset_name, r.dataset_split, r.task_type) for r in results} == \
+        {("cub", "CUB-200-2011", "test", "image-feature-extraction")}
+    assert {r.metric_type: r.metric_name for r in results}["map_at_r"] == "MAP@R"
+
+
+def test_card_written_before_the_repo_is_known_names_it_at_upload(cnn, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from timm_gsp.hub import upload_files
+
+    folder = save_pretrained(cnn[0], tmp_path / "p", results_for(cnn[2]))
+    files = upload_files(folder, "someone/tiny-gsp")
+    assert sorted(files) == sorted(PUBLISHED_FILES) and files["model.safetensors"] == folder / "model.safetensors"
+    (tmp_path / "sent.md").write_bytes(files["README.md"])
+    card = ModelCard.load(tmp_path / "sent.md")
+    assert card.data.model_name == "tiny-gsp" and "# tiny-gsp" in card.text
+    assert 'timm.create_model("hf-hub:someone/tiny-gsp"' in card.text and "<model-name>" not in card.text
+    assert "<namespace>/<model-name>" in (folder / "README.md").read_text()  # the folder is unchanged
+
+
+# --- an upload sends only what changed ------------------------------------------------------------
+
+def _hub_listing(files, lfs=("model.safetensors",)):
+    """The Hub's own ``RepoFile`` entries of a repo holding ``files``, as ``get_paths_info`` returns them."""
+    import hashlib
+
+    from huggingface_hub.hf_api import RepoFile
+    from huggingface_hub.utils.sha import git_hash
+
+    entries = []
+    for name, content in files.items():
+        data = content if isinstance(content, bytes) else content.read_bytes()
+        info = {"size": len(data), "oid": hashlib.sha256(data).hexdigest(), "pointerSize": 134} if name in lfs else None
+        entries.append(RepoFile(path=name, size=len(data), oid=git_hash(data) if info is None else "0" * 40, lfs=info))
+    return entries
+
+
+def test_upload_operations_add_only_the_files_the_hub_lacks_or_holds_otherwise(cnn, tmp_path):
+    from huggingface_hub import CommitOperationAdd
+
+    from timm_gsp.hub import upload_files, upload_operations
+
+    files = upload_files(save_pretrained(cnn[0], tmp_path / "p", results_for(cnn[2])), "someone/tiny")
+    assert upload_operations(files, _hub_listing(files)) == []  # the Hub holds all of it: no commit
+    everything = upload_operations(files, [])  # a new repo gets every file
+    assert [op.path_in_repo for op in everything] == list(files) and all(isinstance(op, CommitOperationAdd) for op in everything)
+
+    new_card = dict(files, **{"README.md": files["README.md"].replace(b"P@1", b"Precision@1")})
+    (card_only,) = upload_operations(new_card, _hub_listing(files))
+    assert card_only.path_in_repo == "README.md" and card_only.path_or_fileobj == new_card["README.md"]
+
+    other_weights = tmp_path / "other.safetensors"
+    other_weights.write_bytes(files["model.safetensors"].read_bytes()[:-1] + b" ")  # same size, other bytes
+    (weights,) = upload_operations(dict(files, **{"model.safetensors": other_weights}), _hub_listing(files))
+    assert weights.path_in_repo == "model.safetensors" and weights.path_or_fileobj == str(other_weights)
+    held_elsewhere = _hub_listing({"README.md": files["README.md"]}, lfs=("README.md",))  # LFS there, same bytes
+    assert [op.path_in_repo for op in upload_operations({"README.md": files["README.md"]}, held_elsewhere)] == []
+
+
+# --- baseline pools and embedding-free models publish like GSP ones ----------------------------------
+
+@pytest.mark.parametrize("name, kwargs, pool, embed_dim, architecture", [
+    ("test_resnet", {}, "gem", 8, "gsp_retrieval"),
+    ("test_resnet", {}, "catavgmax", 8, "test_resnet"),
+    ("test_vit", {"img_size": 32}, "catavgmax", 8, "gsp_retrieval"),
+    ("test_vit", {"img_size": 32}, "avgmax", 8, "test_vit"),
+    ("test_resnet", {}, SPEC, 0, "test_resnet"),
+    ("xcit_nano_12_p16_224", {"img_size": 32}, "gem", 0, "gsp_retrieval"),
+], ids=["gem", "catavgmax-cnn", "catavgmax-vit", "avgmax-vit", "gsp-no-embedding", "gem-wrapped-no-embedding"])
+def test_baselines_and_embedding_free_models_round_trip(tmp_path, name, kwargs, pool, embed_dim, architecture):
+    torch.manual_seed(0)
+    config = RetrievalModelConfig(name, embed_dim=embed_dim, pool=pool, model_kwargs=kwargs,
+                                  data_config={"input_size": [3, 32, 32]})
+    model = config.build().eval()
+    if pool == "gem":
+        with torch.no_grad():
+            model.pool.p.fill_(2.5)  # a learnt exponent travels with the weights
+    folder = save_pretrained(model, tmp_path / "p", model_config=config)
+    written = json.loads((folder / "config.json").read_text())
+    assert written["architecture"] == architecture and written["global_pool"] == pool
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        pooled = model.forward_head(model.forward_features(x), pre_logits=True).shape[1]
+        assert torch.equal(timm.create_model(f"local-dir:{folder}", pretrained=True).eval()(x), expected)
+        assert torch.equal(load_model(folder)(x), expected)
+    found = find_model(folder)
+    assert (found.config.pool, found.config.embed_dim) == (pool, embed_dim)
+    card = (folder / "README.md").read_text()
+    assert expected.shape[1] == (embed_dim or pooled)
+    if embed_dim:
+        assert f"**Embedding size:** {embed_dim} (a linear layer on {pooled} pooled features)" in card
+    else:
+        assert f"**Embedding size:** {pooled} (the pooled features; no embedding layer)" in card
+
+
+# --- the model description: one home for what config.json says -------------------------------------
+
+def test_finding_a_model_loads_no_evaluation_code():
+    """Every CLI command finds its model through model_sources: that must not import torchmetrics."""
+    script = ("import sys, timm_gsp.model_sources; "
+              "print(sorted(m for m in ('timm_gsp.evaluate', 'torchmetrics', 'timm_gsp.metrics') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", script], check=True, env=subprocess_env(), capture_output=True,
+                         text=True, timeout=120).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_config_json_without_the_description_is_described_from_timms_keys(cnn, tmp_path):
+    model, _, config, *_ = cnn
+    folder = save_pretrained(model, tmp_path / "p", model_config=config)
+    written = json.loads((folder / "config.json").read_text())
+    described = find_model(folder).config
+    _edit_config(folder, lambda c: c.pop("timm_gsp"))
+    assert find_model(folder).config == described == dataclasses.replace(config, data_config=described.data_config)
+    assert described.data_config == {k: written["pretrained_cfg"][k] for k in described.data_config}
+    with torch.no_grad():
+        assert torch.equal(load_model(folder)(cnn[4]), model(cnn[4]))
+
+
+@pytest.mark.parametrize("given, expected", [
+    (48, (3, 48, 48)), ([40, 56], (3, 40, 56)), ((1, 32, 32), (1, 32, 32)), ([3, 64, 64], (3, 64, 64)),
+])
+def test_input_size_is_read_in_every_spelling(given, expected):
+    from timm_gsp.model_config import parse_input_size
+
+    assert parse_input_size(given) == expected
+    assert RetrievalModelConfig("test_resnet", data_config={"input_size": given}).input_size == expected
+
+
+@pytest.mark.parametrize("given", [True, [32], [3, 32, 32, 1], "large", [0, 32], None])
+def test_an_unreadable_input_size_is_a_config_error(given):
+    from timm_gsp.model_config import parse_input_size
+
+    with pytest.raises(ConfigError, match="input_size must be an int, \\(H, W\\) or \\(C, H, W\\)"):
+        parse_input_size(given)
+
+
+def test_published_input_size_may_be_given_as_one_number(cnn, tmp_path):
+    from timm_gsp.model_config import evaluation_data_config
+
+    model, _, config, *_ = cnn
+    assert evaluation_data_config(model, config, input_size=48)["input_size"] == [3, 48, 48]
+    with pytest.raises(ConfigError, match="not evaluation settings"):
+        evaluation_data_config(model, config, crop=0.9)

@@ -342,3 +342,43 @@ def test_distributed_data_parallel_model(tmp_path, model_and_images):
             assert criterion.captured_attributes().shape == (len(LABELS), 8)
     finally:
         dist.destroy_process_group()
+
+
+def test_border_pool_feeds_zsr_through_its_attributes():
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=EMBED_DIM,
+                              global_pool="gsp:num_prototypes=8,border=1")
+    images = torch.randn(len(LABELS), 3, 128, 128)  # a 4x4 map: a 2x2 interior
+    with GSPMetricLoss(losses.ContrastiveLoss(), model, NUM_CLASSES, zsr_weight=1.0) as criterion:
+        with capture_transport(model, detach=False) as plans:
+            embeddings = model(images)
+        assert plans[-1].weights.shape == (len(LABELS), 16)
+        torch.testing.assert_close(criterion.captured_attributes(), plans[-1].attributes)
+        criterion(embeddings, LABELS).backward()
+    (_, pool), = [(n, m) for n, m in model.named_modules() if isinstance(m, GeneralizedSumPool)]
+    assert pool.prototypes.grad.abs().sum() > 0
+
+
+def test_a_copy_of_the_hooked_model_does_not_feed_the_criterion(model_and_images):
+    """An EMA copy (deepcopy) or a saved copy (pickle) of a hooked model, made after a training
+    forward, has hooks of its own: its forwards leave the criterion's capture alone."""
+    import copy
+    import io
+
+    model, images = model_and_images
+    with GSPMetricLoss(losses.ContrastiveLoss(), model, NUM_CLASSES) as criterion:
+        model(images)
+        captured = criterion.captured_attributes()
+        assert captured.grad_fn is not None
+        twin = copy.deepcopy(model)
+        with torch.no_grad():
+            twin(images[:4])
+        assert criterion.captured_attributes() is captured
+        buffer = io.BytesIO()
+        torch.save(model, buffer)  # the hooks hold no graph that would refuse to be saved
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+        with torch.no_grad():
+            loaded(images[:2])
+        assert criterion.captured_attributes() is captured
+        assert copy.deepcopy(criterion).hooked  # the criterion deep-copies, as before

@@ -20,7 +20,8 @@ from pytorch_metric_learning.distances import CosineSimilarity, LpDistance
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import CustomKNN, return_results
 
-from timm_gsp.metrics import RetrievalMetrics
+from timm_gsp.knn import exact_knn
+from timm_gsp.metrics import RetrievalMetrics, relevant_counts
 
 K_VALUES = (1, 2, 4, 8)
 PML_METRICS = ("precision_at_1", "r_precision", "mean_average_precision_at_r")
@@ -348,3 +349,55 @@ def test_ddp_two_processes_match_single_process(tmp_path):
                 _assert_close(results[f"{name}/{protocol}"], single, tol=1e-12)
                 # each rank really held only its own share before the gather
                 assert results[f"{name}/{protocol}/local_n"] == (130 if rank == 0 else 170)
+
+
+# ---------------------------------------------------------------------------------- the k-NN
+
+
+def _oracle_knn(query, gallery, k, distance, same_set):
+    """Full float64 score matrix, sorted stably: (score desc, index asc), the query itself excluded."""
+    if distance == "cosine":
+        scores = torch.nn.functional.normalize(query, dim=1) @ torch.nn.functional.normalize(gallery, dim=1).T
+    else:
+        scores = 2 * query @ gallery.T - query.square().sum(1)[:, None] - gallery.square().sum(1)  # -|q - g|^2, exact here
+    if same_set:
+        scores.fill_diagonal_(float("-inf"))
+    return torch.sort(scores, dim=1, descending=True, stable=True)[1][:, :k]
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+@pytest.mark.parametrize("same_set", [True, False], ids=["same-set", "query-gallery"])
+def test_exact_knn_is_the_tie_aware_oracle_for_any_blocking(distance, same_set):
+    # Lattice data: exact arithmetic, so many exact ties, which must go to the lower index.
+    emb, _ = _lattice_data(9)
+    query, gallery = (emb, None) if same_set else (emb[:90], emb[90:])
+    expected = _oracle_knn(query, emb if same_set else gallery, 12, distance, same_set)
+    blockings = [{}, {"query_block": 1}, {"query_block": 7}, {"block_bytes": 64 * 300 * 8}]
+    if not same_set:
+        blockings += [{"gallery_block": 5, "query_block": 13}, {"gallery_block": 1000}]
+    for blocking in blockings:
+        scores, indices = exact_knn(query, 12, gallery, distance=distance, **blocking)
+        assert torch.equal(indices, expected), blocking
+        assert scores.dtype == torch.float64 and (scores[:, :-1] >= scores[:, 1:]).all()
+
+
+def test_exact_knn_clips_k_to_the_candidates_and_checks_its_arguments():
+    emb = torch.randn(5, 3)
+    assert exact_knn(emb, 10)[1].shape == (5, 4)  # same set: the 4 others
+    assert exact_knn(emb, 10, emb[:2])[1].shape == (5, 2)
+    scores, indices = exact_knn(emb[:1], 3)  # alone: nothing to retrieve
+    assert scores.shape == indices.shape == (1, 0)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        exact_knn(emb, 0)
+    with pytest.raises(ValueError, match="Unknown distance"):
+        exact_knn(emb, 2, distance="manhattan")
+
+
+@pytest.mark.parametrize("same_set", [True, False])
+def test_relevant_counts_equal_the_dense_mask(same_set):
+    g = torch.Generator().manual_seed(0)
+    gallery_labels = torch.randint(-3, 40, (500,), generator=g)  # -1 is "unlabelled", still a label
+    query_labels = gallery_labels if same_set else torch.randint(-5, 50, (123,), generator=g)[::2]  # strided
+    dense = (query_labels[:, None] == gallery_labels[None, :]).sum(1) - int(same_set)
+    assert torch.equal(relevant_counts(query_labels, gallery_labels, same_set), dense)
+    assert relevant_counts(torch.tensor([1, 2]), torch.tensor([], dtype=torch.long), False).tolist() == [0, 0]

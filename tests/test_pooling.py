@@ -158,3 +158,110 @@ def test_compile_matches_eager():
     x = torch.randn(2, 16, 4, 4)
     compiled = torch.compile(pool, fullgraph=True)
     torch.testing.assert_close(compiled(x), pool(x), rtol=1e-5, atol=1e-6)
+
+
+# --- border: the outer rings of the grid are left out of the transport ------------------------------
+
+def test_border_zero_is_todays_pool():
+    x = torch.randn(2, 16, 6, 6)
+    default, zero = make_pool(), make_pool(border=0)
+    assert torch.equal(zero(x), default(x))
+    with capture_transport(torch.nn.Sequential(zero)) as plans:
+        zero(x)
+    weights, _ = gsp_transport(prototype_costs(x.flatten(2), zero.prototypes, channel_dim=1), 0.3, 5.0)
+    assert torch.equal(plans[0].weights, weights)  # the full grid, unchanged
+    assert plans[0].costs.shape == (2, 4, 36) and plans[0].border == 0
+
+
+def _interior_layouts(x):
+    """(input_fmt, pool kwargs, 6x6 input, its 4x4 interior crop) for the three layouts of NCHW ``x``."""
+    nhwc = x.permute(0, 2, 3, 1)
+    tokens = torch.cat([torch.randn(x.shape[0], 2, x.shape[1]) * 50, nhwc.flatten(1, 2)], dim=1)  # 2 prefix tokens
+    crop_tokens = nhwc[:, 1:-1, 1:-1].flatten(1, 2)
+    return [
+        ("NCHW", {}, x, x[:, :, 1:-1, 1:-1]),
+        ("NHWC", {}, nhwc, nhwc[:, 1:-1, 1:-1]),
+        ("NLC", {"num_prefix_tokens": 2, "grid_size": (6, 6)}, tokens, crop_tokens),
+    ]
+
+
+def test_border_one_on_a_6x6_map_is_gsp_on_its_4x4_interior():
+    x = torch.randn(3, 16, 6, 6)
+    for fmt, kwargs, full, crop in _interior_layouts(x):
+        bordered = make_pool(input_fmt=fmt, border=1, **kwargs)
+        plain = make_pool(input_fmt=fmt)
+        plain.load_state_dict(bordered.state_dict())
+        with capture_transport(torch.nn.Sequential(bordered, plain)) as plans:
+            pooled = bordered(full)
+            expected = plain(crop)
+        torch.testing.assert_close(pooled, expected, msg=fmt)
+        got, reference = plans
+        assert got.grid_size == (6, 6) and got.weights.shape == (3, 36) and got.border == 1
+        grid = got.weights.view(3, 6, 6)
+        torch.testing.assert_close(grid[:, 1:-1, 1:-1].reshape(3, 16), reference.weights, msg=fmt)
+        ring = torch.ones(6, 6, dtype=torch.bool)
+        ring[1:-1, 1:-1] = False
+        assert torch.equal(grid[:, ring], torch.zeros(3, 20)), fmt  # exactly zero on the border
+        torch.testing.assert_close(got.weights.sum(1), torch.ones(3))
+        torch.testing.assert_close(got.attributes, reference.attributes)
+        assert got.costs.shape == (3, 4, 16)  # the transport ran on the interior only
+        assert got.on_grid(got.costs).shape == (3, 4, 36)
+
+
+def test_border_interior_cells_keep_equal_mass():
+    # transport_ratio = 1 is GAP over the transported cells: the interior mean.
+    x = torch.randn(2, 16, 7, 5)
+    torch.testing.assert_close(make_pool(transport_ratio=1.0, border=2)(x), x[:, :, 2:-2, 2:-2].mean((2, 3)))
+
+
+def test_border_gradients_float64():
+    pool = make_pool(border=1).double()
+    x = torch.randn(1, 16, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda inp, protos: torch.func.functional_call(pool, {"prototypes": protos}, (inp,)),
+                                    (x, pool.prototypes.detach().clone().requires_grad_(True)), eps=1e-6, atol=1e-5)
+    x.grad = None
+    pool(x).sum().backward()
+    ring = torch.ones(4, 4, dtype=torch.bool)
+    ring[1:-1, 1:-1] = False
+    assert torch.equal(x.grad[..., ring], torch.zeros(1, 16, 12))  # the border does not feed the output
+
+
+def test_border_errors_name_border():
+    from timm_gsp import ConfigError
+
+    with pytest.raises(ConfigError, match=r"border=2 leaves no cell of a 4x6 feature grid.*at most 1"):
+        make_pool(border=2)(torch.randn(1, 16, 4, 6))
+    with pytest.raises(ConfigError, match=r"border=1 leaves no cell of a 2x2"):
+        make_pool(input_fmt="NHWC", border=1)(torch.randn(1, 2, 2, 16))
+    with pytest.raises(ConfigError, match="border=1 needs the grid of the tokens"):
+        make_pool(input_fmt="NLC", border=1)
+    with pytest.raises(ConfigError, match="border=2 leaves no cell of a 3x8"):
+        make_pool(input_fmt="NLC", border=2, grid_size=(3, 8))
+    with pytest.raises(ValueError, match=r"border=1 expects 4x4 patch tokens \(grid_size\), got 9"):
+        make_pool(input_fmt="NLC", border=1, grid_size=(4, 4))(torch.randn(1, 9, 16))
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="border must be an integer >= 0"):
+            make_pool(border=bad)
+    with pytest.raises(ValueError, match="grid_size is only meaningful for NLC"):
+        make_pool(grid_size=(4, 4))
+
+
+def test_kcenter_uses_only_the_interior():
+    import timm_gsp
+
+    pool = make_pool(num_prototypes=3, border=1)
+    x = torch.randn(2, 16, 5, 5) * 0.1
+    x[:, :, 0, :] += 100 * torch.eye(16)[:5].T  # far-away border features: farthest-point picks them if it can see them
+    timm_gsp.init_prototypes_kcenter(torch.nn.Sequential(pool), x)
+    interior = x[:, :, 1:-1, 1:-1].flatten(2).transpose(1, 2).flatten(0, 1)  # (2 * 9, 16)
+    distances = torch.cdist(pool.prototypes.detach(), interior)
+    assert torch.equal(distances.min(dim=1).values, torch.zeros(3))  # each prototype is an interior feature
+
+
+def test_border_scripts_and_compiles():
+    x = torch.randn(2, 16, 6, 6)
+    for fmt, kwargs, full, _ in _interior_layouts(x):
+        pool = make_pool(input_fmt=fmt, border=1, **kwargs)
+        torch.testing.assert_close(torch.jit.script(pool)(full), pool(full), msg=fmt)
+    pool = make_pool(border=1)
+    torch.testing.assert_close(torch.compile(pool, fullgraph=True)(x), pool(x), rtol=1e-5, atol=1e-6)

@@ -17,7 +17,7 @@ import torch
 from timm.layers import set_scriptable
 from timm.models import create_feature_extractor, get_graph_node_names
 
-from timm_gsp import gsp_modules
+from timm_gsp import GSPUnsupportedModelError, gsp_modules
 
 from model_zoo import reachable
 
@@ -216,3 +216,40 @@ def test_plugin_has_no_side_effects_on_models_without_gsp():
         assert plugin["eager"] == plain["eager"], name  # bit for bit
         assert plugin["state"] == plain["state"], name
         assert plugin["script"] <= 1e-5 and plugin["fx"] <= 1e-5, name  # TorchScript and FX still work
+
+
+# --- GSP with border=1: still scripted and FX-traced like eager ------------------------------------
+
+BORDER_SPEC = SPEC + ",border=1"
+BORDER_FAMILIES = [  # (name, create kwargs, input size, feature grid)
+    ("resnet10t", {}, 128, (4, 4)),
+    ("swin_tiny_patch4_window7_224", {"img_size": 112, "depths": (1, 1, 1, 1)}, 112, (4, 4)),  # 28 -> 14 -> 7 -> 4 (padded)
+]
+
+
+@pytest.mark.parametrize("name,kwargs,size,grid", BORDER_FAMILIES, ids=[f[0] for f in BORDER_FAMILIES])
+def test_border_scripts_and_traces_like_eager(name, kwargs, size, grid):
+    if not reachable(name):
+        pytest.skip(f"{name}'s constructor refuses global_pool='gsp' on this timm")
+    torch.manual_seed(0)
+    model = _create(name, kwargs, scriptable=True, global_pool=BORDER_SPEC).eval()
+    (_, pool), = gsp_modules(model)
+    assert pool.border == 1
+    x = torch.randn(2, 3, size, size)
+    from timm_gsp import capture_transport
+
+    with capture_transport(model) as plans, torch.no_grad():
+        eager = model(x)
+    weights = plans[-1].weights.view(2, *plans[-1].grid_size)
+    if grid is not None:
+        assert plans[-1].grid_size == grid
+    assert weights[:, 0].abs().sum() == 0 and weights[:, -1].abs().sum() == 0 and weights[:, :, 0].abs().sum() == 0
+    torch.testing.assert_close(torch.jit.script(model)(x), eager, rtol=1e-5, atol=1e-5)
+    (traced,) = _fx_model(model)(x).values()
+    torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_border_on_vit_tokens_is_refused_naming_border():
+    # timm does not hand the pool the patch grid through global_pool, so border > 0 cannot apply to tokens there
+    with pytest.raises(GSPUnsupportedModelError, match="border"):
+        timm.create_model("test_vit", global_pool=BORDER_SPEC)

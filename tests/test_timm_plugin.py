@@ -163,3 +163,49 @@ def test_version_guard(monkeypatch):
     monkeypatch.setattr(timm, "__version__", "2.0.0")
     with pytest.raises(ImportError, match="2.0.0"):
         timm_plugin.register()
+
+
+def test_border_pool_string_round_trip():
+    assert "border" not in timm_gsp.format_gsp_spec(num_prototypes=8)  # existing strings unchanged
+    assert timm_gsp.format_gsp_spec(num_prototypes=8, border=0) == timm_gsp.format_gsp_spec(num_prototypes=8)
+    spec = timm_gsp.format_gsp_spec(num_prototypes=8, border=2)
+    assert spec.endswith(",border=2")
+    assert timm_gsp.parse_gsp_spec(spec) == {"num_prototypes": 8, "transport_ratio": 0.3, "gamma": 5.0, "border": 2}
+    assert timm_gsp.parse_gsp_spec("gsp")["border"] == 0
+    for bad, match in [("gsp:border=-1", "border must be an integer >= 0"), ("gsp:border=1.5", "border.*integer")]:
+        with pytest.raises(ValueError, match=match):
+            timm_gsp.parse_gsp_spec(bad)
+    model = timm.create_model("resnet10t", global_pool=spec, num_classes=3)
+    (_, pool), = gsp_modules(model)
+    assert pool.border == 2 and pool.spec == spec == model.global_pool.pool_type
+    rebuilt = timm.create_model("resnet10t", global_pool=pool.spec, num_classes=3)
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 224, 224)  # 7x7 map: a 3x3 interior
+    torch.testing.assert_close(rebuilt.eval()(x), model.eval()(x))
+
+
+def test_vit_pool_knows_its_patch_grid_for_border():
+    model = timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=0, global_pool="gsp:border=1").eval()
+    (_, pool), = gsp_modules(model)
+    assert pool.grid_size == (4, 4) and pool.border == 1
+    with timm_gsp.capture_transport(model) as plans, torch.no_grad():
+        model(torch.randn(2, 3, 64, 64))
+    assert plans[-1].grid_size == (4, 4)
+    weights = plans[-1].weights.view(2, 4, 4)
+    assert torch.equal(weights[:, 0], torch.zeros(2, 4)) and torch.equal(weights[:, :, -1], torch.zeros(2, 4))
+    torch.testing.assert_close(weights[:, 1:3, 1:3].sum((1, 2)), torch.ones(2))
+
+
+def test_border_on_tokens_of_unknown_grid_is_a_config_error():
+    # dynamic_img_size: the patch grid changes with the image, so the pool cannot know it
+    with pytest.raises(GSPUnsupportedModelError, match="border=1 needs the grid of the tokens"):
+        timm.create_model("vit_tiny_patch16_224", img_size=64, dynamic_img_size=True, global_pool="gsp:border=1")
+    with pytest.raises(timm_gsp.ConfigError, match="border=1 needs the grid of the tokens"):
+        timm_gsp.create_model("vit_tiny_patch16_224", img_size=64, dynamic_img_size=True, pool="gsp:border=1")
+
+
+def test_one_timm_version_parser():
+    assert timm_plugin.timm_version("1.0.16.dev0") == (1, 0, 16)
+    assert timm_plugin.timm_version("1.0.16rc1") == (1, 0, 16)
+    assert timm_plugin.timm_version("2.0") == (2, 0, 0)
+    assert timm_plugin.timm_version() == timm_plugin.timm_version(timm.__version__) >= timm_plugin.SUPPORTED_TIMM_VERSIONS[0]

@@ -1,6 +1,7 @@
 """examples/train.py end to end on fixture trees: every official layout, recipes and their transforms,
 model selection, resume, a careless user's mistakes, and a real 2-process DDP job."""
 import json
+import math
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ from timm_gsp.evaluate import evaluate_retrieval
 from timm_gsp.run_results import read_results
 
 from conftest import REPO, subprocess_env, torchrun
-from fixtures_data import make_fixture_tree, make_folder_tree
+from fixtures_data import make_fixture_tree, make_folder_tree, make_image, make_inshop_tree
 
 sys.path.insert(0, str(REPO / "examples"))
 import train as train_script  # noqa: E402
@@ -68,9 +69,12 @@ def test_validation_split_selects_the_best_epoch(tmp_path):
     assert again["map_at_r"] == pytest.approx(best["map_at_r"], abs=1e-6)
 
 
-def test_resume_reproduces_the_uninterrupted_run_and_logs_each_epoch_once(tmp_path):
+@pytest.mark.parametrize("batches", [[], ["--m-per-class", "0", "--pool", "gap"]], ids=["m-per-class", "random"])
+def test_resume_reproduces_the_uninterrupted_run_and_logs_each_epoch_once(batches, tmp_path, capsys):
     root = make_folder_tree(tmp_path / "data", num_classes=4, per_class=8)
-    common = ["--dataset", "folder", "--data-dir", str(root), "--epochs", "3", "--loss", "proxyanchor"]
+    # the warm-up ends mid-run: the resumed run must pick the schedule up at its update count
+    common = ["--dataset", "folder", "--data-dir", str(root), "--epochs", "3", "--loss", "proxyanchor",
+              "--warmup-epochs", "1.5", *batches]
     straight = run_train(tmp_path / "a", *common)
     interrupted = run_train(tmp_path / "b", *common, "--stop-after-epoch", "1")
     assert not (interrupted / "results.json").exists()
@@ -83,6 +87,11 @@ def test_resume_reproduces_the_uninterrupted_run_and_logs_each_epoch_once(tmp_pa
     assert read_results(straight / "results.json").metrics == read_results(interrupted / "results.json").metrics
     epochs = [json.loads(line)["epoch"] for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3]
+    # a run that learns is judged so (the loss falls, P@1 is far above chance) and says nothing about it
+    check = read_results(straight / "results.json").learning_check
+    assert check["not_learning"] is False and check["epochs"] == 3
+    assert check["last_epoch_loss"] < train_script.LOSS_STALL_RATIO * check["first_epoch_loss"]
+    assert "not learning" not in capsys.readouterr().err
 
 
 def test_resume_with_other_settings_is_refused_naming_each(tmp_path, capsys):
@@ -232,6 +241,124 @@ def test_folder_recipe_trains_with_its_own_learning_rates(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "recipe folder (" in out
     assert "learning rates: backbone 1e-05, head 0.0001, prototypes 0.0001, loss 0.001" in out
+
+
+def test_schedule_is_timms_warmup_then_cosine_and_resumes_from_its_update_count():
+    """Update t runs at peak * t / W in the warm-up, then peak * (1 + cos(pi (t - W) / (T - W))) / 2; the
+    torch LambdaLR it replaced ran the warm-up one update ahead, peak * (t + 1) / W, and the same cosine."""
+    steps, epochs, warmup_epochs, peaks = 5, 4, 1, (0.1, 0.01)
+    argv = ["--recipe", "folder-scratch", "--epochs", str(epochs), "--warmup-epochs", str(warmup_epochs)]
+
+    def schedule(*extra, updates_done=0):
+        args = train_script.parse_args([*argv, *extra])
+        optimizer = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in peaks])
+        scheduler = train_script.build_scheduler(args, optimizer, steps)
+        if updates_done:
+            scheduler.step_update(updates_done)
+        lrs = []
+        for t in range(updates_done, args.epochs * steps):
+            lrs.append([group["lr"] for group in optimizer.param_groups])
+            scheduler.step_update(t + 1)
+        return lrs
+
+    total, warm = epochs * steps, warmup_epochs * steps
+    closed = [[peak * t / warm if t < warm else peak * (1 + math.cos(math.pi * (t - warm) / (total - warm))) / 2
+               for peak in peaks] for t in range(total)]
+    lrs = schedule()
+    assert lrs == [pytest.approx(row, rel=1e-12, abs=1e-15) for row in closed]
+    assert lrs[0] == [0.0, 0.0] and lrs[warm] == list(peaks) and lrs[-1][0] < 0.02 * peaks[0]
+    old_warmup = [[peak * (t + 1) / warm for peak in peaks] for t in range(warm)]
+    assert lrs[1:warm + 1] == [pytest.approx(row, rel=1e-12) for row in old_warmup]
+    # a resumed run restores the update count and continues with the very same rates
+    assert schedule(updates_done=7) == lrs[7:]
+    # --resume with another --epochs follows the stretched schedule from the same update count
+    stretched = schedule("--epochs", "8", updates_done=7)
+    assert stretched[0][0] == pytest.approx(peaks[0] * (1 + math.cos(math.pi * (7 - warm) / (8 * steps - warm))) / 2)
+    # --sched none: the same warm-up, then the peak rates
+    flat = schedule("--sched", "none")
+    assert flat[:warm] == lrs[:warm] and all(row == list(peaks) for row in flat[warm:])
+
+
+def test_random_batches_pool_and_embedding_are_said_at_start(tmp_path, capsys):
+    root = make_folder_tree(tmp_path / "data", num_classes=4, per_class=4)
+    run_train(tmp_path / "run", "--dataset", "folder", "--data-dir", str(root), "--epochs", "1", "--m-per-class", "0",
+              "--zsr-weight", "0")
+    out = capsys.readouterr().out
+    assert "batch 4 (random images, no class balancing)" in out
+    assert "pool gsp (gsp:" in out and "embedding 8" in out
+    run_train(tmp_path / "balanced", "--dataset", "folder", "--data-dir", str(root), "--epochs", "1", "--pool", "gap")
+    out = capsys.readouterr().out
+    assert "batch 4 (2 classes x 2)" in out and "pool gap (avg), embedding 8" in out
+
+
+def test_random_batches_with_the_zero_shot_regulariser_are_a_one_line_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_script.parse_args(["--recipe", "folder-scratch", "--m-per-class", "0", "--zsr-weight", "0.1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "random batches (--m-per-class 0)" in err[0] and "--zsr-weight 0" in err[0], err
+    # without GSP there is no regulariser: random batches are fine
+    assert train_script.parse_args(["--recipe", "folder-scratch", "--m-per-class", "0", "--pool", "gap"]).m_per_class == 0
+    with pytest.raises(SystemExit):
+        train_script.parse_args(["--recipe", "folder-scratch", "--m-per-class", "-1"])
+    assert "--m-per-class must be >= 1 (class-balanced batches) or 0 (random batches)" in capsys.readouterr().err
+
+
+def test_without_an_embedding_layer_the_proxies_take_the_pooled_width(tmp_path, capsys):
+    root = make_folder_tree(tmp_path / "data", num_classes=4, per_class=4)
+    pool = "catavgmax" if "catavgmax" in train_script.POOLS else "max"  # catavgmax: twice the backbone's width
+    output = run_train(tmp_path / "run", "--dataset", "folder", "--data-dir", str(root), "--epochs", "1", "--pool", pool,
+                       "--embed-dim", "0", "--loss", "proxyanchor")
+    model = read_results(output / "results.json").model.build().eval()
+    width = model(torch.zeros(1, 3, 32, 32)).shape[-1]
+    assert width == (2 if pool == "catavgmax" else 1) * model.num_features
+    assert f"no embedding layer (the {width}-d pooled features)" in capsys.readouterr().out
+    proxies = load_file(str(output / "checkpoint" / "training_state.safetensors"))
+    assert any(tensor.shape == (2, width) for tensor in proxies.values())  # 2 training classes x width
+
+
+def test_gem_exponent_learns_at_the_head_rate_not_the_pretrained_backbones():
+    import timm_gsp
+    args = train_script.parse_args(["--recipe", "folder", "--pool", "gem", "--lr", "0.01", "--backbone-lr", "0.0001"])
+    model = timm_gsp.create_model("test_resnet", embed_dim=8, pool="gem")
+    exponents = [p for name, p in model.named_parameters() if name.endswith("pool.p")]
+    assert len(exponents) == 1
+    criterion = train_script.build_criterion(args, model, 2, 8, train_script.Distributed())
+    groups = {g["name"]: g for g in train_script.build_optimizer(args, model, criterion).param_groups}
+    assert any(p is exponents[0] for p in groups["head"]["params"]) and groups["head"]["lr"] == 0.01
+    assert not any(p is exponents[0] for p in groups["backbone"]["params"]) and groups["backbone"]["lr"] == 0.0001
+
+
+def test_chance_precision_at_1_is_the_share_of_same_class_candidates(tmp_path):
+    root = make_folder_tree(tmp_path / "data", num_classes=4, per_class=3)
+    (root / "class_02" / "img_2.png").unlink()  # test classes of 2 and 3 images
+    one_split = {"test": build_dataset("folder", root, "test")}
+    assert sorted(torch.bincount(one_split["test"].labels).tolist()) == [2, 3]
+    # queries of class 0 find 1 of 4 candidates, those of class 1 find 2 of 4: (2 * 1/4 + 3 * 2/4) / 5
+    assert train_script.chance_precision_at_1(one_split) == pytest.approx(0.4)
+    shop = make_inshop_tree(tmp_path / "shop", num_test_items=3, per_item=4)
+    pair = {name: build_dataset("inshop", shop, name) for name in ("query", "gallery")}
+    assert train_script.chance_precision_at_1(pair) == pytest.approx(2 / 6)  # 2 of the 6 gallery images
+
+
+def test_a_run_that_does_not_learn_is_told_so_with_its_numbers(tmp_path, capsys):
+    """lr 0 on images whose classes look alike: the loss stays put and P@1 stays near chance."""
+    root = tmp_path / "data"
+    for c in range(12):
+        for k in range(4):
+            make_image(root / f"class_{c:02d}" / f"img_{k}.png", 0, 100 * c + k)  # one colour for every class
+    output = run_train(tmp_path / "run", "--dataset", "folder", "--data-dir", str(root), "--epochs", "2", "--lr", "0",
+                       "--pool", "gap")
+    err = [line for line in capsys.readouterr().err.splitlines() if "not learning" in line]
+    check = read_results(output / "results.json").learning_check
+    assert check["not_learning"] is True and check["epochs"] == 2
+    assert check["chance_precision_at_1"] == pytest.approx(3 / 23)  # 6 test classes x 4 images
+    assert check["precision_at_1"] < train_script.CHANCE_MULTIPLE * check["chance_precision_at_1"]
+    assert check["last_epoch_loss"] >= train_script.LOSS_STALL_RATIO * check["first_epoch_loss"]
+    assert len(err) == 1 and err[0].startswith("train.py: warning: this run is not learning")
+    for said in (f"{check['precision_at_1']:.3f}", f"{check['chance_precision_at_1']:.3f}", "--lr", "--m-per-class",
+                 "--img-size", "resolution"):
+        assert said in err[0], said
 
 
 def test_two_process_ddp_job_matches_single_process_evaluation(tmp_path):

@@ -240,3 +240,26 @@ def test_weight_map_sheet(name, kwargs, size):
         assert (np.abs(below.astype(int) - BACKGROUND).sum(axis=2) > 30).sum() > thumb * thumb // 2
     with pytest.raises(ConfigError, match="1 captions for 3 images"):
         weight_map_sheet(model, images, mean, std, captions=["a"])
+
+
+def test_maps_of_a_pool_with_a_border():
+    torch.manual_seed(0)
+    model = timm_gsp.create_model("resnet10t", embed_dim=8, pool="gsp:num_prototypes=5,border=1").eval()
+    images = torch.randn(2, 3, 128, 160)  # a 4x5 feature map: a 2x3 interior
+    maps = pooling_maps(model, images)
+    with capture_transport(model) as plans, torch.no_grad():
+        model(images)
+    assert maps.grid_size == (4, 5) and maps.assignments.shape == (2, 5, 4, 5)
+    torch.testing.assert_close(maps.weights.reshape(2, -1), plans[-1].weights)
+    ring = torch.ones(4, 5, dtype=torch.bool)
+    ring[1:-1, 1:-1] = False
+    for name in ("weights", "selection"):
+        assert torch.equal(getattr(maps, name)[:, ring], torch.zeros(2, 14)), name
+    assert torch.equal(maps.assignments[:, :, ring], torch.zeros(2, 5, 14))
+    torch.testing.assert_close(maps.assignments[:, :, 1:-1, 1:-1].sum(1), torch.ones(2, 2, 3))
+    torch.testing.assert_close(torch.einsum("bhw,bkhw->bk", maps.weights, maps.assignments), maps.attributes)
+    (_, pool), = gsp_modules(model)
+    # the transported share of the interior cells' mass, each of mass 1 / 6
+    torch.testing.assert_close(maps.selection, (maps.weights * 6 * pool.transport_ratio).clamp(0, 1))
+    sheet = weight_map_sheet(model, images, (0.5,) * 3, (0.5,) * 3, thumb=32)
+    assert sheet.size[0] >= 2 * 32

@@ -3,9 +3,10 @@
 ``import timm_gsp`` registers ``global_pool="gsp"`` (or ``"gsp:num_prototypes=..,transport_ratio=..,
 gamma=.."``) with timm; the call is idempotent.
 
-The core (the layer, its solver, the timm seam, the factory, the loss, the model description) loads
-with the package; the metric and the tools (``hub``, ``cli``, ``export``, ``viz``, ``search``,
-``evaluate``, ``checkpoint``, ``data``) load when first used.
+The core (the layer, its solver, the timm seam, the factory and its baseline pools, the loss, the
+model description) loads with the package; the metric and the tools (``model_sources``, ``hub``,
+``model_card``, ``cli``, ``export``, ``viz``, ``search``, ``evaluate``, ``checkpoint``, ``data``) load
+when first used.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ _LAZY = {
     "retrieval_metrics": "metrics",
     "save_pretrained": "hub",
     "push_to_hub": "hub",
-    "load_model": "hub",
+    "find_model": "model_sources",
+    "load_model": "model_sources",
 }
 
 
@@ -70,6 +72,7 @@ __all__ = [
     "capture_transport",
     "convert",
     "create_model",
+    "find_model",
     "format_gsp_spec",
     "gsp_modules",
     "gsp_transport",

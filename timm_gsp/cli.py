@@ -1,6 +1,6 @@
 """The ``timm-gsp`` command: embed, search, eval, export, push, show.
 
-Every command that runs a model takes it as ``--model SOURCE`` (``hub.find_model``)::
+Every command that runs a model takes it as ``--model SOURCE`` (``model_sources.find_model``)::
 
     hf-hub:<repo>[@revision]     a published model on the Hub (or in the local cache)
     local-dir:<folder> | <folder> a published folder (``timm-gsp export`` writes one)
@@ -28,7 +28,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .errors import DEBUG_ENV, ConfigError, OneLineArgumentParser, TimmGSPError, one_line, wants_traceback
+from .cli_support import DEBUG_ENV, OneLineArgumentParser, one_line, wants_traceback
+from .errors import ConfigError, TimmGSPError
 
 __all__ = ["main", "build_parser", "collect_images", "read_labels"]
 
@@ -96,7 +97,7 @@ class _Loaded:
     """A model ready to embed: built, on its device, with its evaluation preprocessing."""
 
     model: torch.nn.Module
-    found: Any  # hub.ModelFolder
+    found: Any  # model_sources.ModelFolder
     data_config: Dict[str, Any]
     transform: Callable
 
@@ -111,7 +112,7 @@ def _device(args: argparse.Namespace) -> torch.device:
 
 def _load(found: Any, args: argparse.Namespace) -> _Loaded:
     from .data import build_eval_transform
-    from .hub import evaluation_data_config
+    from .model_config import evaluation_data_config
 
     model = found.build().to(_device(args))
     data_config = evaluation_data_config(model, found.config)
@@ -148,18 +149,15 @@ def _embed_files(loaded: _Loaded, paths: Sequence[str], args: argparse.Namespace
 
 def _start_distributed() -> bool:
     """Join the torchrun job this process belongs to (gloo on CPU, nccl on GPUs); False outside one."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return True
+    from .distributed import start_distributed
+
+    return start_distributed()
 
 
 # --- commands -----------------------------------------------------------------------------------
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from .hub import find_model
+    from .model_sources import find_model
     from .search import model_fingerprint, write_index
 
     if Path(args.output).exists() and not args.overwrite:
@@ -195,7 +193,7 @@ def _query_labels(args: argparse.Namespace, images: List[Tuple[str, Optional[str
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .hub import find_model
+    from .model_sources import find_model
     from .search import check_index_model, model_fingerprint, read_index, search
 
     k = _positive(args.top_k, "--top-k")
@@ -254,7 +252,8 @@ def _eval_splits(args: argparse.Namespace) -> Dict[str, Any]:
 def cmd_eval(args: argparse.Namespace) -> int:
     from . import __version__
     from .evaluate import embed_splits, score_embeddings, write_sheets
-    from .hub import find_model, metrics_table
+    from .model_card import metrics_table
+    from .model_sources import find_model
     from .run_results import RunResults
 
     for k in args.k:
@@ -312,7 +311,9 @@ def _examples_data(results: Any, transform: Callable) -> Optional[Dict[str, Any]
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .data import build_eval_transform
-    from .hub import check_output_folder, evaluation_data_config, find_model, save_pretrained
+    from .hub import check_output_folder, save_pretrained
+    from .model_config import evaluation_data_config
+    from .model_sources import find_model
     from .run_results import read_results
 
     found = find_model(args.source)
@@ -323,8 +324,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     results_path = args.results or found.results
     results = read_results(results_path) if results_path else None
     model = found.build()
-    input_size = (3, args.input_size, args.input_size) if args.input_size else None
-    data_config = evaluation_data_config(model, found.config, input_size=input_size, crop_pct=args.crop_pct)
+    data_config = evaluation_data_config(model, found.config, input_size=args.input_size, crop_pct=args.crop_pct)
     eval_dataset = None if args.no_examples else _examples_data(results, build_eval_transform(data_config))
     folder = save_pretrained(model, output, results, model_config=replace(found.config, data_config=data_config),
                              repo_id=args.repo_id, dataset=args.dataset, split=args.split, license=args.license,
@@ -356,7 +356,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .hub import find_model
+    from .model_sources import find_model
     from .viz import save_overlays
 
     images = collect_images(args.images)

@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from .errors import ConfigError
-from .knn import sort_by_score_then_index, topk
-from .metrics import RetrievalMetrics, average_precision_at_r
+from .knn import exact_knn
+from .metrics import RetrievalMetrics, average_precision_at_r, relevant_counts
 from .utils import PathLike, eval_mode, world_size_and_rank
 
 __all__ = [
@@ -150,23 +149,6 @@ class RetrievalExamples:
     worst: torch.Tensor
 
 
-def _ranked(query: torch.Tensor, gallery: torch.Tensor, k: int, same_set: bool,
-            chunk: int = 1024) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(Q, k) cosine scores and gallery indices of every query, in chunks of queries, ranked by
-    (score, index) as the metrics rank them."""
-    query, gallery = F.normalize(query.float(), dim=1), F.normalize(gallery.float(), dim=1)
-    scores, indices = [], []
-    for start in range(0, query.shape[0], chunk):
-        sims = query[start:start + chunk] @ gallery.T
-        if same_set:  # a query is not its own result
-            rows = torch.arange(sims.shape[0])
-            sims[rows, rows + start] = float("-inf")
-        top_scores, top_indices = sort_by_score_then_index(*topk(sims, k))
-        scores.append(top_scores)
-        indices.append(top_indices)
-    return torch.cat(scores), torch.cat(indices)
-
-
 def retrieval_examples(embedded: Embedded, k: int = 5, num_sample: int = 4, num_worst: int = 4,
                        seed: int = 0) -> RetrievalExamples:
     """The queries to show: ``num_sample`` picked at random (seeded: the same every run) and the
@@ -176,22 +158,31 @@ def retrieval_examples(embedded: Embedded, k: int = 5, num_sample: int = 4, num_
     (query, query_labels), (gallery, gallery_labels) = embedded[query_split], embedded[gallery_split]
     query, query_labels = query.cpu(), query_labels.cpu()
     gallery, gallery_labels = gallery.cpu(), gallery_labels.cpu()
-    r = (query_labels[:, None] == gallery_labels[None, :]).sum(1) - int(same_set)
+    r = relevant_counts(query_labels, gallery_labels, same_set)
     depth = min(max(k, int(r.max()) if r.numel() else 0), gallery.shape[0] - int(same_set))
     if depth < 1:
         raise ConfigError(f"the {gallery_split} split has no item to retrieve")
-    scores, neighbors = _ranked(query, gallery, depth, same_set)
+    # Ranked exactly as the metrics rank them: cosine, ties by the lower gallery index.
+    scores, neighbors = exact_knn(query.float(), depth, None if same_set else gallery)
     ap = average_precision_at_r(gallery_labels[neighbors] == query_labels[:, None], r).float()
-    order = torch.randperm(query.shape[0], generator=torch.Generator().manual_seed(seed))
-    sample = order[:num_sample]
-    rest = torch.ones(query.shape[0], dtype=torch.bool)
-    rest[sample] = False
-    candidates = (rest & ~ap.isnan()).nonzero().flatten()
-    worst = candidates[ap[candidates].argsort(stable=True)[:num_worst]]
-    picked = torch.cat([sample, worst])
+    picked, worst = pick_queries(ap, num_sample, num_worst, seed)
     k = min(k, depth)
     return RetrievalExamples(query_split, gallery_split, picked, neighbors[picked, :k], scores[picked, :k], ap[picked],
-                             torch.arange(len(picked)) >= len(sample))
+                             worst)
+
+
+def pick_queries(average_precision: torch.Tensor, num_sample: int, num_worst: int,
+                 seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(P,) query indices: ``num_sample`` at random (seeded), then the ``num_worst`` others with the
+    lowest of the (Q,) ``average_precision`` (NaN: never picked as worst; equal values: lower index
+    first); and (P,) bools, True for the worst."""
+    order = torch.randperm(average_precision.shape[0], generator=torch.Generator().manual_seed(seed))
+    sample = order[:num_sample]
+    rest = torch.ones(average_precision.shape[0], dtype=torch.bool)
+    rest[sample] = False
+    candidates = (rest & ~average_precision.isnan()).nonzero().flatten()
+    worst = candidates[average_precision[candidates].argsort(stable=True)[:num_worst]]
+    return torch.cat([sample, worst]), torch.arange(len(sample) + len(worst)) >= len(sample)
 
 
 # --- pictures -----------------------------------------------------------------------------------

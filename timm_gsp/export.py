@@ -17,8 +17,7 @@ from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .errors import ConfigError
-from .model_config import RetrievalModelConfig
+from .model_config import RetrievalModelConfig, evaluation_data_config, parse_input_size
 from .timm_plugin import model_input_size
 from .utils import PathLike
 
@@ -51,19 +50,12 @@ def example_input(
 
 def _input_size(model: nn.Module, given: Any) -> Tuple[int, int, int]:
     if isinstance(given, RetrievalModelConfig):
-        from .hub import evaluation_data_config
-
         given = evaluation_data_config(model, given)
     if isinstance(given, Mapping):
         given = given.get("input_size")
     if given is None:
         return model_input_size(model)
-    size = (int(given),) * 2 if isinstance(given, int) else tuple(int(s) for s in given)
-    if len(size) == 2:
-        return (model_input_size(model)[0], *size)
-    if len(size) != 3:
-        raise ConfigError(f"input_size must be an int, (H, W) or (C, H, W), got {given!r}")
-    return size
+    return parse_input_size(given, channels=model_input_size(model)[0])
 
 
 def _batch_dynamic_shapes(dynamic_batch: bool):

@@ -8,11 +8,16 @@ Two routes, one result (a timm model whose ``forward`` gives ``(B, embed_dim)`` 
 * wrapped: any other family (XCiT, LeViT, MLP-Mixer, ...) is wrapped by ``GSPRetrievalNet``,
   a registered timm architecture (``gsp_retrieval``) that pools the backbone's
   ``forward_features`` output, so it saves and loads through timm's hub helpers too.
+
+Baseline pools (``spec.BASELINE_POOLS``) take the same two routes: timm's own types (``avg``, ``max``,
+``avgmax``, ``catavgmax``) go native where the family's head builds them, else wrapped (a token model's
+``catavgmax``); ``gem`` is not a timm pool, so GeM models are always wrapped. ``embed_dim=0`` keeps
+no embedding layer: the pooled vector is the embedding.
 """
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -20,35 +25,34 @@ import torch.nn as nn
 import timm
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from .baseline_pools import create_baseline_pool, pooled_width
 from .errors import ConfigError, GSPUnsupportedModelError
-from .pooling import GeneralizedSumPool, gsp_modules
-from .spec import GSP_DEFAULTS, format_gsp_spec, is_gsp_spec, parse_gsp_spec
+from .pooling import GeneralizedSumPool, capture_transport, gsp_modules
+from .spec import BASELINE_POOLS, GSP_DEFAULTS, is_gsp_spec, parse_gsp_spec, pool_spec
 from .timm_plugin import model_input_size, size_lazy_pools
 from .utils import dry_forward, eval_mode
 
+# pool_spec and BASELINE_POOLS live in spec (the pool string's home); named here for older callers
 __all__ = ["create_model", "convert", "GSPRetrievalNet", "init_prototypes_kcenter", "pool_spec", "BASELINE_POOLS"]
 
-BASELINE_POOLS = ("avg", "max")  # the timm pools a retrieval model may use instead of GSP
+_WRAPPED_ONLY_POOLS = ("gem",)  # not timm pool types: no family's head builds them
+_CHECKED_POOLS = ("avgmax", "catavgmax")  # timm types some heads take but do not build (checked after the build)
 
 
-def pool_spec(
-        pool: str = "gsp",
-        num_prototypes: int = GSP_DEFAULTS["num_prototypes"],
-        transport_ratio: float = GSP_DEFAULTS["transport_ratio"],
-        gamma: float = GSP_DEFAULTS["gamma"],
-) -> str:
-    """The ``global_pool`` string of a retrieval head: ``"gsp"`` with these hyper-parameters (the
-    canonical ``gsp:...`` string), a full ``gsp:...`` spec (validated, kept), or a baseline pool."""
-    if not isinstance(pool, str):
-        raise ConfigError(f"pool must be a string ('gsp', 'gsp:...', 'avg' or 'max'), got {pool!r}")
-    if pool.strip().lower() in ("gsp", "gsp:"):
-        return format_gsp_spec(num_prototypes, transport_ratio, gamma)
-    if is_gsp_spec(pool):
-        parse_gsp_spec(pool)
-        return pool
-    if pool not in BASELINE_POOLS:
-        raise ConfigError(f"pool must be 'gsp', 'gsp:...' or one of {BASELINE_POOLS}, got {pool!r}")
-    return pool
+def _pools_natively(model: nn.Module, pool: str, img_size: Any = None, in_chans: Optional[int] = None) -> bool:
+    """Whether a natively built ``model`` really applies the timm pool ``pool``: a head may take a pool
+    name it does not build, or build it before a layer that does not fit its width (a ConvNeXt head's
+    norm after ``catavgmax``); GSP and ``avg`` / ``max`` are trusted as timm builds them."""
+    if pool not in _CHECKED_POOLS:
+        return True
+    named = getattr(model, "global_pool", None) == pool or any(getattr(m, "pool_type", None) == pool for m in model.modules())
+    if not named:
+        return False
+    try:
+        dry_forward(model, model_input_size(model, img_size, in_chans))
+    except RuntimeError:
+        return False
+    return True
 
 
 def _fresh_embedding(model: nn.Module) -> None:
@@ -79,7 +83,8 @@ def create_model(
         model_name: any timm model name.
         pretrained: load the backbone's pretrained weights (the head is new).
         embed_dim: output size; 0 returns the pooled features (B, num_features).
-        pool: 'gsp', a full 'gsp:...' spec, or a baseline pool ('avg', 'max').
+        pool: 'gsp', a full 'gsp:...' spec, or a baseline pool (``spec.BASELINE_POOLS``: 'avg', 'max',
+            'avgmax', 'catavgmax', 'gem').
         num_prototypes, transport_ratio, gamma: GSP hyper-parameters (when ``pool='gsp'``).
         **kwargs: passed to ``timm.create_model`` (drop_path_rate, img_size, output_stride, ...).
 
@@ -88,10 +93,22 @@ def create_model(
     """
     _check_embed_dim(embed_dim)
     global_pool = pool_spec(pool, num_prototypes, transport_ratio, gamma)
+
+    def wrapped() -> GSPRetrievalNet:
+        return GSPRetrievalNet(model_name, embed_dim, global_pool, backbone_pretrained=pretrained, backbone_args=kwargs)
+
+    if global_pool in _WRAPPED_ONLY_POOLS:
+        return wrapped()
     try:
         model = timm.create_model(model_name, pretrained=pretrained, num_classes=embed_dim, global_pool=global_pool, **kwargs)
     except GSPUnsupportedModelError:
-        return GSPRetrievalNet(model_name, embed_dim, global_pool, backbone_pretrained=pretrained, backbone_args=kwargs)
+        return wrapped()
+    except AssertionError:
+        if is_gsp_spec(global_pool):
+            raise
+        return wrapped()  # the family's head refuses this baseline pool (timm asserts on pool names)
+    if not _pools_natively(model, global_pool, kwargs.get("img_size"), kwargs.get("in_chans")):
+        return wrapped()
     _fresh_embedding(model)
     return model
 
@@ -132,9 +149,13 @@ def convert(
     if not inplace:
         model = copy.deepcopy(model)
     try:
+        if global_pool in _WRAPPED_ONLY_POOLS:
+            raise GSPUnsupportedModelError(f"{global_pool!r} is not a timm pool type")
         model.reset_classifier(embed_dim, global_pool)
         if is_gsp_spec(global_pool) and not gsp_modules(model):
             raise GSPUnsupportedModelError(f"{type(model).__name__}.reset_classifier ignores global_pool")
+        if not _pools_natively(model, global_pool, img_size):
+            raise GSPUnsupportedModelError(f"{type(model).__name__}'s head does not build {global_pool!r}")
     except (GSPUnsupportedModelError, AssertionError, TypeError, ValueError):
         # This family's head cannot take the pool: the wrapper pools forward_features instead.
         return GSPRetrievalNet(backbone=model, num_classes=embed_dim, global_pool=global_pool, img_size=img_size)
@@ -153,16 +174,13 @@ def init_prototypes_kcenter(model: nn.Module, images: torch.Tensor, seed: Option
     pools = gsp_modules(model)
     if not pools:
         raise ConfigError(f"{type(model).__name__} has no GSP pool to initialise")
-    inputs = {}
-    handles = [pool.register_forward_pre_hook(lambda m, args: inputs.__setitem__(m, args[0])) for _, pool in pools]
-    try:
-        with eval_mode(model):
-            model(images)
-    finally:
-        for handle in handles:
-            handle.remove()
-    for _, pool in pools:
-        pool.init_prototypes_kcenter(inputs[pool], seed=seed)
+    with eval_mode(model), capture_transport(model, keep_features=True) as plans:
+        model(images)
+    features = {plan.module_name: plan.features for plan in plans}  # (B, M, C); a pool run twice: its last
+    for name, pool in pools:
+        if name not in features:
+            raise RuntimeError(f"{type(model).__name__}'s forward did not run its GSP pool {name}")
+        pool.init_prototypes_kcenter(features[name].flatten(0, 1), seed=seed)
 
 
 def _feature_layout(features: Any, num_features: int) -> str:
@@ -188,7 +206,8 @@ class GSPRetrievalNet(nn.Module):
     """Any timm backbone + GSP (or a baseline pool) on ``forward_features`` + embedding.
 
     ``forward_features``: (B, 3, H, W) -> the backbone's local features (NCHW / NHWC / NLC);
-    ``forward_head``: -> (B, num_classes) embeddings (or (B, C) pooled with ``pre_logits=True``).
+    ``forward_head``: -> (B, num_classes) embeddings (or (B, P) pooled with ``pre_logits=True``, P =
+    ``pooled_width(global_pool, num_features)``); with ``num_classes=0`` the pooled vector is the output.
     ``reconstruction_args()`` are the ``model_args`` that rebuild it through timm (``gsp_retrieval``).
     """
 
@@ -238,7 +257,7 @@ class GSPRetrievalNet(nn.Module):
             return GeneralizedSumPool(self.num_features, **parse_gsp_spec(pool_type), input_fmt=self.input_fmt,
                                       num_prefix_tokens=prefix)
         if pool_type in BASELINE_POOLS:
-            return _ReducePool(pool_type, self.input_fmt, prefix)
+            return create_baseline_pool(pool_type, self.input_fmt, prefix)
         raise ConfigError(f"GSPRetrievalNet supports GSP and {BASELINE_POOLS} pools, got {pool_type!r}")
 
     def get_classifier(self) -> nn.Module:
@@ -249,7 +268,8 @@ class GSPRetrievalNet(nn.Module):
             self.pool = self._build_pool(global_pool)
             self.global_pool = global_pool
         self.num_classes = self.embed_dim = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        width = pooled_width(self.global_pool, self.num_features)
+        self.head = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_features(x)
@@ -260,23 +280,6 @@ class GSPRetrievalNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-class _ReducePool(nn.Module):
-    """Mean or max over the local features of any layout: -> (B, C)."""
-
-    def __init__(self, mode: str, input_fmt: str, num_prefix_tokens: int = 0):
-        super().__init__()
-        self.mode, self.input_fmt, self.num_prefix_tokens = mode, input_fmt, num_prefix_tokens
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_fmt == "NCHW":
-            dims: List[int] = [2, 3]
-        elif self.input_fmt == "NHWC":
-            dims = [1, 2]
-        else:
-            x, dims = x[:, self.num_prefix_tokens:], [1]
-        return x.mean(dims) if self.mode == "avg" else x.amax(dims)
 
 
 # Input settings are the backbone's (GSPRetrievalNet copies them); this entry only names the arch.

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import Any, Iterator, List, Optional, Union
+from typing import Any, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .pooling import GeneralizedSumPool, gsp_modules
+from .pooling import CapturedPlan, GeneralizedSumPool, gsp_modules, watch_transport
 
 __all__ = ["zero_shot_loss", "ZeroShotLoss", "GSPMetricLoss"]
 
@@ -205,16 +205,28 @@ class ZeroShotLoss(nn.Module):
 
 
 class _AttributeSlot:
-    """Where the forward hook leaves the latest attributes.
+    """Where the transport hook leaves the latest attributes.
 
-    The hook closes over this small object, not over the loss module, so that the model does not
-    keep the loss (and its class embeddings) alive through its hook table.
+    The hook holds this small object, not the loss module, so that the model does not keep the loss
+    (and its class embeddings) alive through its hook table.
     """
 
     __slots__ = ("attributes",)
 
     def __init__(self) -> None:
         self.attributes: Optional[torch.Tensor] = None
+
+    def store(self, plan: CapturedPlan) -> None:
+        # Kept with its graph: ZSR must back-propagate into the prototypes and the backbone.
+        self.attributes = plan.attributes
+
+    # A capture belongs to one step and holds its graph, which cannot be copied: a deep copy or a
+    # pickle of the hooked model (an EMA copy, torch.save) gets an empty slot of its own.
+    def __getstate__(self) -> dict:
+        return {"attributes": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.attributes = None
 
 
 def _unwrap_model(model: nn.Module) -> nn.Module:
@@ -242,8 +254,8 @@ class GSPMetricLoss(nn.Module):
     (or ``metric_loss_parameters()`` / ``zsr_parameters()`` for separate learning rates) is what the
     optimizer needs. ``state_dict()`` holds the metric loss and the class embeddings, never the model.
 
-    The attributes are captured, with their gradient, by a forward hook on the ``transport``
-    sub-module of the model's GSP pool(s), registered here. Call the loss right after the forward
+    The attributes are captured, with their gradient, by ``pooling.watch_transport`` hooks on the
+    model's GSP pool(s) and their ``transport`` sub-modules, registered here. Call the loss right after the forward
     whose embeddings it receives: it always uses the latest capture. With several GSP pools the
     latest is the last one run in forward order, unless ``gsp_pool`` selects one.
 
@@ -304,12 +316,13 @@ class GSPMetricLoss(nn.Module):
                 "only its chunk of the batch); use DistributedDataParallel"
             )
         self.zsr = ZeroShotLoss(num_classes, class_embed_dim, ridge_lambda, scale)
-        for transport in self._select_transports(inner, gsp_pool):
-            self._handles.append(transport.register_forward_hook(_make_capture_hook(self._slot)))
+        self._handles = watch_transport(self._select_pools(inner, gsp_pool), self._slot.store, detach=False)
         # Drop the hooks when this criterion is garbage collected without remove().
         self._finalizer = weakref.finalize(self, _remove_handles, list(self._handles))
 
-    def _select_transports(self, model: nn.Module, gsp_pool: Union[None, str, GeneralizedSumPool]) -> List[nn.Module]:
+    def _select_pools(self, model: nn.Module,
+                      gsp_pool: Union[None, str, GeneralizedSumPool]) -> List[Tuple[str, GeneralizedSumPool]]:
+        """The (name, pool) pairs to hook: every GSP pool, or the one ``gsp_pool`` names."""
         pools = gsp_modules(model)
         if not pools:
             raise ValueError(
@@ -317,10 +330,10 @@ class GSPMetricLoss(nn.Module):
                 f"create it with global_pool='gsp' or pass zsr_weight=0"
             )
         if gsp_pool is None:
-            return [module.transport for _, module in pools]
+            return pools
         for name, module in pools:
             if module is gsp_pool or name == gsp_pool:
-                return [module.transport]
+                return [(name, module)]
         raise ValueError(f"gsp_pool {gsp_pool!r} is not one of the GSP pools of {self._model_name}: {[name for name, _ in pools]}")
 
     @property
@@ -402,14 +415,6 @@ class GSPMetricLoss(nn.Module):
 def _check_weight(value: float) -> None:
     if not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"zsr_weight must be in [0, 1], got {value}")
-
-
-def _make_capture_hook(slot: _AttributeSlot):
-    def capture(module: nn.Module, args: Any, plan: Any) -> None:
-        # Keep the graph: ZSR must back-propagate into the prototypes and the backbone.
-        slot.attributes = plan.attributes
-
-    return capture
 
 
 def _remove_handles(handles: List[Any]) -> None:

@@ -24,7 +24,7 @@ depend on its blocking (``chunk_size``), so two bit-identical embeddings are not
 tie exactly unless the arithmetic is exact.
 """
 
-from typing import Dict, List, Literal, Optional, Sequence, Tuple
+from typing import Dict, List, Literal, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -32,11 +32,10 @@ from torchmetrics import Metric
 from torchmetrics.utilities import rank_zero_warn
 from torchmetrics.utilities.data import dim_zero_cat
 
-from .knn import merge_topk, sort_by_score_then_index, topk
+from .knn import DISTANCES, exact_knn
 
 __all__ = ["RetrievalMetrics", "retrieval_metrics"]
 
-_DISTANCES = ("cosine", "euclidean")
 _PROTOCOLS = ("same_set", "query_gallery")
 
 
@@ -92,8 +91,8 @@ class RetrievalMetrics(Metric):
         k_values = tuple(k_values)
         if not k_values or not all(isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in k_values):
             raise ValueError(f"k_values must be a non-empty sequence of positive ints, got {k_values!r}")
-        if distance not in _DISTANCES:
-            raise ValueError(f"Unknown distance {distance!r}; expected one of {_DISTANCES}")
+        if distance not in DISTANCES:
+            raise ValueError(f"Unknown distance {distance!r}; expected one of {DISTANCES}")
         if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
         if protocol not in _PROTOCOLS:
@@ -185,8 +184,8 @@ def retrieval_metrics(
     k_values = tuple(sorted(set(k_values)))
     if not k_values or not all(isinstance(k, int) and not isinstance(k, bool) and k > 0 for k in k_values):
         raise ValueError(f"k_values must be a non-empty sequence of positive ints, got {k_values!r}")
-    if distance not in _DISTANCES:
-        raise ValueError(f"Unknown distance {distance!r}; expected one of {_DISTANCES}")
+    if distance not in DISTANCES:
+        raise ValueError(f"Unknown distance {distance!r}; expected one of {DISTANCES}")
     if embeddings.ndim != 2 or not embeddings.is_floating_point():
         raise ValueError(f"embeddings must be a 2-D floating point (N, D) tensor, got {embeddings.dtype} {tuple(embeddings.shape)}")
     if labels.shape != embeddings.shape[:1]:
@@ -211,10 +210,7 @@ def retrieval_metrics(
                 f"queries and {gallery.shape[0]} gallery items"
             )
 
-    # R = number of same-label gallery items per query, minus the query itself in same-set.
-    uniq, counts = torch.unique(gallery_labels, return_counts=True)
-    pos = torch.searchsorted(uniq, query_labels).clamp_(max=len(uniq) - 1)
-    r = torch.where(uniq[pos] == query_labels, counts[pos], 0) - int(same_set)
+    r = relevant_counts(query_labels, gallery_labels, same_set)
     valid = r > 0  # lone queries are dropped, as in AccuracyCalculator
     if not valid.any():
         rank_zero_warn("RetrievalMetrics: no query has a same-label gallery item; returning NaN.")
@@ -224,9 +220,9 @@ def retrieval_metrics(
     # Enough neighbours for both Recall@max(K) and the largest R (MAP@R, R-precision).
     k = min(max(max(k_values), int(r.max())), num_candidates)
     if same_set:  # every item is a candidate for every other, so all rows are computed
-        knn = _knn_same_set(emb, k, distance, chunk_size)[valid]
+        knn = exact_knn(emb, k, distance=distance, query_block=chunk_size)[1][valid]
     else:
-        knn = _knn(query[valid], gallery, k, distance, chunk_size)
+        knn = exact_knn(query[valid], k, gallery, distance=distance, query_block=chunk_size)[1]
     return _metrics_from_knn(gallery_labels[knn], query_labels[valid], r[valid], k_values)
 
 
@@ -245,6 +241,17 @@ def _metrics_from_knn(
     return out
 
 
+def relevant_counts(query_labels: Tensor, gallery_labels: Tensor, same_set: bool) -> Tensor:
+    """R of each query, (Q,) int64: the gallery items with its label, less the query itself in the
+    same-set protocol. Counted from the gallery's label counts (O(Q + G) memory, no (Q, G) mask)."""
+    uniq, counts = torch.unique(gallery_labels, return_counts=True)
+    query_labels = query_labels.to(uniq.dtype).contiguous()  # searchsorted warns on strided input (labels[::2])
+    if uniq.numel() == 0:  # an empty gallery
+        return torch.zeros(query_labels.shape, dtype=torch.long, device=query_labels.device) - int(same_set)
+    pos = torch.searchsorted(uniq, query_labels).clamp_(max=len(uniq) - 1)
+    return torch.where(uniq[pos] == query_labels, counts[pos], 0) - int(same_set)
+
+
 def average_precision_at_r(hits: Tensor, r: Tensor) -> Tensor:
     """AP@R of each query (float64; the mean over queries is MAP@R): ``hits`` (Q, K) bools of the
     ranked results (K >= max r), ``r`` (Q,) the number of items of the query's class; NaN where r == 0."""
@@ -253,71 +260,3 @@ def average_precision_at_r(hits: Tensor, r: Tensor) -> Tensor:
     precision_at_i = hits_at_r.cumsum(1).double() / ranks
     ap = (precision_at_i * hits_at_r).sum(1) / r.double()
     return torch.where(r > 0, ap, torch.nan)
-
-
-def _prepare(x: Tensor, distance: str) -> Tuple[Tensor, Optional[Tensor]]:
-    """Return (x', bias) such that the ranking score of candidate g for query q is q'.g' - bias[g]."""
-    if distance == "cosine":
-        return torch.nn.functional.normalize(x, dim=1), None
-    # ||q - g||^2 = ||q||^2 - 2 (q.g - ||g||^2 / 2). ||q||^2 is constant per query, so ranking by
-    # q.g - ||g||^2/2 is equivalent; leaving it out (and not clamping at 0) avoids manufacturing
-    # ties. Halving is exact in floating point, so exact ties stay exact.
-    return x, x.square().sum(1) / 2
-
-
-def _knn(query: Tensor, gallery: Tensor, k: int, distance: str, chunk_size: int) -> Tensor:
-    """Indices (Q, k) of each query's k nearest gallery items, ranked by (distance, index)."""
-    query, _ = _prepare(query, distance)
-    gallery, bias = _prepare(gallery, distance)
-    buf = _ScoreBuffer(min(chunk_size, query.shape[0]) * gallery.shape[0], query)
-    out = []
-    for start in range(0, query.shape[0], chunk_size):
-        q = query[start : start + chunk_size]
-        scores = torch.mm(q, gallery.T, out=buf(q.shape[0], gallery.shape[0]))  # (chunk, G)
-        if bias is not None:
-            scores -= bias
-        out.append(sort_by_score_then_index(*topk(scores, k))[1])
-    return torch.cat(out)
-
-
-def _knn_same_set(emb: Tensor, k: int, distance: str, chunk_size: int) -> Tensor:
-    """Indices (N, k) of each item's k nearest other items, ranked by (distance, index).
-
-    The score matrix is symmetric up to a per-candidate bias, so only its upper triangle is
-    computed: strip ``emb[a:b] @ emb[a:].T`` serves queries a:b against candidates a: (row-wise)
-    and queries b: against candidates a:b (column-wise). That halves the matmul work; a running
-    top-k per query merges the contributions.
-    """
-    x, bias = _prepare(emb, distance)
-    n = x.shape[0]
-    best_scores = x.new_full((n, k), float("-inf"))
-    best_index = torch.full((n, k), n, dtype=torch.long, device=x.device)  # n: ranks after real items
-    buf = _ScoreBuffer(min(chunk_size, n) * n, x)
-    col_buf = _ScoreBuffer(min(chunk_size, n) * n, x) if bias is not None else None
-    for a in range(0, n, chunk_size):
-        b = min(a + chunk_size, n)
-        dots = torch.mm(x[a:b], x[a:].T, out=buf(b - a, n - a))
-        if b < n:  # column-wise: candidates a:b for queries b:, the same dot products transposed
-            cols = dots[:, b - a :]
-            if bias is not None:
-                cols = torch.sub(cols, bias[a:b, None], out=col_buf(b - a, n - b))
-            merge_topk(best_scores, best_index, slice(b, n), cols.T, a, k)
-        # Row-wise part: queries a:b against candidates a:.
-        rows = dots if bias is None else dots.sub_(bias[a:])
-        rows[:, : b - a].fill_diagonal_(float("-inf"))  # a query is not its own neighbour
-        merge_topk(best_scores, best_index, slice(a, b), rows, a, k)
-    return sort_by_score_then_index(best_scores, best_index)[1]
-
-
-class _ScoreBuffer:
-    """One preallocated flat buffer handing out (rows, cols) views.
-
-    A fresh score matrix per chunk (248 MB at SOP size) is a fresh mmap for the allocator, so every
-    chunk would pay page faults for it again; reusing one buffer avoids that.
-    """
-
-    def __init__(self, numel: int, like: Tensor) -> None:
-        self.data = like.new_empty(numel)
-
-    def __call__(self, rows: int, cols: int) -> Tensor:
-        return self.data[: rows * cols].view(rows, cols)

@@ -4,12 +4,16 @@ Gurbuz, Sener, Alatan, "Generalized Sum Pooling for Metric Learning", ICCV 2023.
 
 GSP pools ``z = sum_j w_j f_j`` with weights from a partial optimal transport of the local
 features onto ``K`` learned prototypes (see ``timm_gsp.transport``). ``transport_ratio = 1``
-is global average pooling exactly.
+is global average pooling exactly. ``border = b > 0`` leaves the ``b`` outer rings of the feature
+grid out of the transport (weight 0): zero padding makes them alike in every image (docs/method.md).
 
 Reading the weights: the sub-module ``GeneralizedSumPool.transport`` returns a
-``TransportPlan(weights (B, N), attributes (B, K))``; a forward hook on it (or the
-``capture_transport`` context manager) sees the plan of every forward, which is how the zero-shot
-loss and the heat maps get it without changing the pooled output.
+``TransportPlan(weights (B, M), attributes (B, K))`` over the M cells it transports.
+``watch_transport`` is the one way to see it: it hooks each pool and hands every forward to a
+callback as a ``CapturedPlan`` (weights over the full grid, attributes, costs, grid size, and on
+request the features), without changing the pooled output. ``capture_transport`` (heat maps,
+``timm_gsp.viz``), the zero-shot loss (``timm_gsp.losses``) and the k-center initialisation
+(``timm_gsp.factory``) are built on it.
 
 Loading weights: a checkpoint without this pool's prototypes (an ImageNet backbone, a GAP model)
 loads strictly into a GSP model otherwise, and the prototypes keep their initialisation; prototypes
@@ -19,12 +23,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+from torch.utils.hooks import RemovableHandle
 
-from .spec import GSP_DEFAULTS, check_gsp_args
+from .errors import ConfigError
+from .spec import GSP_DEFAULTS, check_gsp_args, format_gsp_spec
 from .transport import TransportPlan, dense_layout, gsp_transport, prototype_costs, weighted_sum
 
 __all__ = [
@@ -33,6 +39,7 @@ __all__ = [
     "CapturedPlan",
     "capture_transport",
     "gsp_modules",
+    "watch_transport",
 ]
 
 INPUT_FORMATS = ("NCHW", "NHWC", "NLC")
@@ -67,6 +74,10 @@ class GeneralizedSumPool(nn.Module):
         NLC:  (B, L, C) -> (B, C); the first ``num_prefix_tokens`` tokens (class, register,
               distillation) are skipped.
 
+    The transport runs over the N = H * W cells of the grid (the L - num_prefix_tokens tokens), or
+    with ``border = b`` over the (H - 2b) x (W - 2b) interior only, each of its cells with mass
+    1 / N_interior; the border cells get weight 0.
+
     Args:
         in_chs: feature channels C. ``None`` defers creating the prototypes to the first
             forward (or to a state dict that holds them), for hosts that do not know C.
@@ -76,10 +87,15 @@ class GeneralizedSumPool(nn.Module):
         input_fmt: 'NCHW', 'NHWC' or 'NLC'.
         num_prefix_tokens: leading tokens to skip (NLC only).
         flatten: return (B, C) rather than keeping singleton spatial dims (NCHW / NHWC).
+        border: outer rings of grid cells left out of the transport (0: none). Must leave at
+            least one cell: checked against every input map (and ``grid_size``), a ``ConfigError``.
+        grid_size: (h, w) grid of the tokens after the prefix tokens (NLC only; the plugin passes a
+            ViT's fixed patch grid). Needed for ``border > 0`` on tokens; otherwise it only lets
+            ``capture_transport`` report the grid.
     """
 
     # Python-side conveniences that TorchScript must not compile.
-    __jit_unused_properties__ = ["transport_ratio", "gamma", "in_chs"]
+    __jit_unused_properties__ = ["transport_ratio", "gamma", "in_chs", "spec"]
 
     def __init__(
             self,
@@ -92,19 +108,37 @@ class GeneralizedSumPool(nn.Module):
             flatten: bool = True,
             device=None,
             dtype=None,
+            *,
+            border: int = GSP_DEFAULTS["border"],
+            grid_size: Optional[Sequence[int]] = None,
     ):
         super().__init__()
         if input_fmt not in INPUT_FORMATS:
             raise ValueError(f"input_fmt must be one of {INPUT_FORMATS}, got {input_fmt!r}")
-        check_gsp_args(num_prototypes, transport_ratio, gamma)
+        check_gsp_args(num_prototypes, transport_ratio, gamma, border)
         if in_chs is not None and int(in_chs) < 1:
             raise ValueError(f"in_chs must be >= 1, got {in_chs}")
         if num_prefix_tokens < 0 or (num_prefix_tokens and input_fmt != "NLC"):
             raise ValueError(f"num_prefix_tokens={num_prefix_tokens} is only meaningful (>= 0) for NLC input")
+        if grid_size is not None:
+            if input_fmt != "NLC":
+                raise ValueError(f"grid_size is only meaningful for NLC input ({input_fmt} maps carry their own grid)")
+            if len(grid_size) != 2 or min(grid_size) < 1:
+                raise ValueError(f"grid_size must be (h, w) with h, w >= 1, got {grid_size!r}")
+            grid_size = (int(grid_size[0]), int(grid_size[1]))
         self.num_prototypes = int(num_prototypes)
         self.input_fmt = input_fmt
         self.num_prefix_tokens = int(num_prefix_tokens)
         self.flatten = flatten
+        self.border = int(border)
+        self.grid_size = grid_size
+        if self.border and input_fmt == "NLC":
+            if grid_size is None:
+                raise ConfigError(
+                    f"GSP border={self.border} needs the grid of the tokens, and this NLC pool has none (grid_size): "
+                    f"known for ViT-style patch tokens of a fixed image size; use border=0 for this model"
+                )
+            self._check_border(*grid_size)
         self.transport = GSPTransport(transport_ratio, gamma)
         factory = dict(device=device, dtype=dtype)
         if in_chs is None:
@@ -124,6 +158,11 @@ class GeneralizedSumPool(nn.Module):
     @property
     def in_chs(self) -> Optional[int]:
         return None if self.is_lazy() else self.prototypes.shape[1]
+
+    @property
+    def spec(self) -> str:
+        """The canonical ``gsp:...`` pool string of this pool's hyper-parameters."""
+        return format_gsp_spec(self.num_prototypes, self.transport_ratio, self.gamma, self.border)
 
     def is_lazy(self) -> bool:
         return isinstance(self.prototypes, nn.UninitializedParameter)
@@ -182,21 +221,58 @@ class GeneralizedSumPool(nn.Module):
         self.prototypes.copy_(flat[indices].to(self.prototypes.dtype))
         return indices
 
+    def _check_border(self, height: int, width: int) -> None:
+        if height - 2 * self.border < 1 or width - 2 * self.border < 1:
+            raise ConfigError(
+                f"GSP border={self.border} leaves no cell of a {height}x{width} feature grid to pool; "
+                f"border must be at most {(min(height, width) - 1) // 2} here"
+            )
+
     def _to_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W), (B, H, W, C) or (B, L, C) -> (B, N, C) (a view; prefix tokens dropped)."""
+        """(B, C, H, W), (B, H, W, C) or (B, L, C) -> (B, N, C): the cells the transport sees, prefix
+        tokens dropped, inside the border rings. A view without a border; cutting one out copies."""
         expected_dims = 3 if self.input_fmt == "NLC" else 4
         if x.dim() != expected_dims:
             raise ValueError(
                 f"GeneralizedSumPool with input_fmt={self.input_fmt} expects a {expected_dims}-d "
                 f"tensor, got shape {list(x.shape)}"
             )
+        b = self.border
         if self.input_fmt == "NCHW":
+            if b > 0:
+                self._check_border(x.shape[2], x.shape[3])
+                x = x[:, :, b:x.shape[2] - b, b:x.shape[3] - b]
             return x.flatten(2).transpose(1, 2)  # a view in either memory format
         if self.input_fmt == "NHWC":
+            if b > 0:
+                self._check_border(x.shape[1], x.shape[2])
+                x = x[:, b:x.shape[1] - b, b:x.shape[2] - b]
             return x.flatten(1, 2)
         if x.shape[1] <= self.num_prefix_tokens:
             raise ValueError(f"{x.shape[1]} tokens leave no patch token after {self.num_prefix_tokens} prefix tokens")
-        return x[:, self.num_prefix_tokens:]
+        tokens = x[:, self.num_prefix_tokens:]
+        grid = self.grid_size
+        if b > 0 and grid is not None:  # the constructor refused a border without a grid
+            if tokens.shape[1] != grid[0] * grid[1]:
+                raise ValueError(
+                    f"GSP border={b} expects {grid[0]}x{grid[1]} patch tokens (grid_size), got {tokens.shape[1]}: "
+                    f"the model runs at another input size than its pool was built for"
+                )
+            tokens = tokens.reshape(x.shape[0], grid[0], grid[1], x.shape[2])[:, b:grid[0] - b, b:grid[1] - b]
+            tokens = tokens.flatten(1, 2)
+        return tokens
+
+    def input_grid(self, x: torch.Tensor) -> Optional[Tuple[int, int]]:
+        """(H, W), the full grid of input ``x``: an NCHW / NHWC map's, or the ``grid_size`` of tokens
+        whose count matches it; None for tokens of unknown grid."""
+        if self.input_fmt == "NCHW":
+            return int(x.shape[2]), int(x.shape[3])
+        if self.input_fmt == "NHWC":
+            return int(x.shape[1]), int(x.shape[2])
+        grid = self.grid_size
+        if grid is not None and x.shape[1] - self.num_prefix_tokens == grid[0] * grid[1]:
+            return grid
+        return None
 
     def _pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, C) -> (B, C) in float32 (float64 for float64 input)."""
@@ -226,10 +302,13 @@ class GeneralizedSumPool(nn.Module):
         return pooled
 
     def extra_repr(self) -> str:
-        return (
+        text = (
             f"in_chs={self.in_chs}, num_prototypes={self.num_prototypes}, input_fmt={self.input_fmt}, "
             f"num_prefix_tokens={self.num_prefix_tokens}, flatten={self.flatten}"
         )
+        if self.border:
+            text += f", border={self.border}"
+        return text + (f", grid_size={self.grid_size}" if self.grid_size is not None else "")
 
 
 def gsp_modules(model: nn.Module) -> List[Tuple[str, GeneralizedSumPool]]:
@@ -237,19 +316,108 @@ def gsp_modules(model: nn.Module) -> List[Tuple[str, GeneralizedSumPool]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, GeneralizedSumPool)]
 
 
+def place_on_grid(values: torch.Tensor, grid_size: Optional[Tuple[int, int]], border: int) -> torch.Tensor:
+    """(..., M) values of the interior cells of an (H, W) grid -> (..., H * W), zero on the ``border``
+    outer rings (row-major, as the pool flattens the grid); ``values`` itself when ``border`` is 0."""
+    if not border:
+        return values
+    if grid_size is None:
+        raise ValueError(f"border={border} needs the grid size to place values on the grid")
+    height, width = grid_size
+    full = values.new_zeros(*values.shape[:-1], height, width)
+    full[..., border:height - border, border:width - border] = values.unflatten(-1, (height - 2 * border, width - 2 * border))
+    return full.flatten(-2)
+
+
 @dataclass
 class CapturedPlan:
-    """One GSP forward: weights (B, N), attributes (B, K), and the (H, W) grid of NCHW/NHWC input."""
+    """One GSP forward, as its transport saw it.
+
+    Attributes:
+        module_name: the pool's qualified name in the model.
+        weights: (B, N) pooling weights of every cell of the grid, N = H * W (or of every patch token),
+            zero on the border rings a pool with ``border > 0`` leaves out; each row sums to 1.
+        attributes: (B, K) transported mass per prototype; each row sums to 1.
+        grid_size: (H, W) of NCHW / NHWC input, or of tokens whose pool knows their grid; else None.
+        costs: (B, K, M) the prototype costs that entered the transport, over the M cells it
+            transported (M = N without a border); ``on_grid`` lays such values out like ``weights``.
+        border: the pool's ``border``.
+        features: (B, M, C) the transported local features (only with ``keep_features``), else None.
+    """
 
     module_name: str
     weights: torch.Tensor
     attributes: torch.Tensor
     grid_size: Optional[Tuple[int, int]]
+    costs: Optional[torch.Tensor] = None
+    border: int = 0
+    features: Optional[torch.Tensor] = None
+
+    def on_grid(self, values: torch.Tensor) -> torch.Tensor:
+        """(..., M) values of the transported cells -> (..., N) on the full grid, zero on the border."""
+        return place_on_grid(values, self.grid_size, self.border)
+
+
+class _PlanRecorder:
+    """The hooks of one pool: the pool's forward pre-hook notes the input's grid (and features, on
+    request), the forward hook of its ``transport`` hands the plan on as a ``CapturedPlan``.
+
+    An object rather than closures: a hooked model still pickles and deep-copies, and the hooks hold
+    only the callback (never the model, nor a loss that registered them).
+    """
+
+    def __init__(self, module_name: str, on_plan: Callable[[CapturedPlan], None], detach: bool, keep_features: bool):
+        self.module_name = module_name
+        self.on_plan = on_plan
+        self.detach = detach
+        self.keep_features = keep_features
+        self.grid: Optional[Tuple[int, int]] = None
+        self.border = 0
+        self.features: Optional[torch.Tensor] = None
+
+    def see_input(self, pool: GeneralizedSumPool, args: Tuple[torch.Tensor, ...]) -> None:
+        x = args[0]
+        self.grid, self.border = pool.input_grid(x), pool.border
+        if self.keep_features:
+            self.features = self._maybe_detach(pool._to_tokens(x))
+
+    def see_plan(self, transport: nn.Module, args: Tuple[torch.Tensor, ...], plan: TransportPlan) -> None:
+        weights = place_on_grid(self._maybe_detach(plan.weights), self.grid, self.border)
+        features, self.features = self.features, None  # one forward's features: not kept past its record
+        self.on_plan(CapturedPlan(self.module_name, weights, self._maybe_detach(plan.attributes), self.grid,
+                                  self._maybe_detach(args[0]), self.border, features))
+
+    def _maybe_detach(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.detach() if self.detach else tensor
+
+
+def watch_transport(
+        pools: Sequence[Tuple[str, GeneralizedSumPool]],
+        on_plan: Callable[[CapturedPlan], None],
+        detach: bool = True,
+        keep_features: bool = False,
+) -> List[RemovableHandle]:
+    """Call ``on_plan(CapturedPlan)`` after every transport of these (name, pool) pairs, in call order.
+
+    The one primitive behind every look at GSP's transport. Each pool gets a forward pre-hook and its
+    ``transport`` one forward hook; remove the returned handles to stop.
+
+    Args:
+        detach: record detached tensors; ``False`` keeps the graph (the zero-shot loss
+            back-propagates through the attributes).
+        keep_features: also record the transported features (B, M, C).
+    """
+    handles: List[RemovableHandle] = []
+    for name, pool in pools:
+        recorder = _PlanRecorder(name, on_plan, detach, keep_features)
+        handles.append(pool.register_forward_pre_hook(recorder.see_input))
+        handles.append(pool.transport.register_forward_hook(recorder.see_plan))
+    return handles
 
 
 @contextlib.contextmanager
-def capture_transport(model: nn.Module, detach: bool = True) -> Iterator[List[CapturedPlan]]:
-    """Record the transport plan of every GSP forward inside the ``with`` block.
+def capture_transport(model: nn.Module, detach: bool = True, keep_features: bool = False) -> Iterator[List[CapturedPlan]]:
+    """Record the transport plan of every GSP forward inside the ``with`` block (see ``watch_transport``).
 
     Example::
 
@@ -261,25 +429,7 @@ def capture_transport(model: nn.Module, detach: bool = True) -> Iterator[List[Ca
     if not pools:
         raise ValueError(f"{type(model).__name__} has no GeneralizedSumPool module to capture")
     records: List[CapturedPlan] = []
-    handles = []
-    for name, pool in pools:
-        grid = {}
-
-        def remember_grid(module, args, grid=grid):
-            x = args[0]
-            if module.input_fmt == "NCHW":
-                grid["size"] = (x.shape[2], x.shape[3])
-            elif module.input_fmt == "NHWC":
-                grid["size"] = (x.shape[1], x.shape[2])
-            else:
-                grid["size"] = None
-
-        def record(module, args, plan, name=name, grid=grid):
-            weights, attributes = (plan.weights.detach(), plan.attributes.detach()) if detach else plan
-            records.append(CapturedPlan(name, weights, attributes, grid.get("size")))
-
-        handles.append(pool.register_forward_pre_hook(remember_grid))
-        handles.append(pool.transport.register_forward_hook(record))
+    handles = watch_transport(pools, records.append, detach, keep_features)
     try:
         yield records
     finally:

@@ -6,7 +6,11 @@ model card. It names the model by its ``RetrievalModelConfig`` (never by a scrip
 
     {"format": "timm-gsp/results/1", "model": {...}, "metrics": {"precision_at_1": 0.31, ...},
      "dataset": "folder", "dataset_root": "/abs/path", "eval_split": "test", "checkpoint": "checkpoint-best", "best_epoch": 12,
-     "epochs": 20, "recipe": {...}, "world_size": 1, "wall_time_s": 93.1, "timm_gsp_version": "0.2.0"}
+     "epochs": 20, "recipe": {...}, "world_size": 1, "wall_time_s": 93.1, "timm_gsp_version": "0.2.0",
+     "learning_check": {"not_learning": false, "first_epoch_loss": 0.61, ...}}
+
+``learning_check`` (training runs of two or more epochs): whether the run learnt, with the numbers
+``examples/train.py`` judged it on; null when it was not judged.
 
 Metrics that could not be computed (no query with a same-class gallery item) are ``null``, never NaN:
 JSON has no NaN.
@@ -44,6 +48,7 @@ class RunResults:
     world_size: int = 1
     wall_time_s: Optional[float] = None
     timm_gsp_version: Optional[str] = None
+    learning_check: Optional[Dict[str, Any]] = None
 
     def __post_init__(self) -> None:
         metrics = {}

@@ -19,7 +19,7 @@ file), so opening a 2 GB index costs nothing and search pages the rows in as it 
 Search
 ------
 ``search`` ranks by cosine similarity, best first, ties by lower gallery index. The exact backend
-streams the gallery in chunks of ``chunk_rows`` rows -- each normalised once, scored against every
+(``knn.exact_knn``, the k-NN the retrieval metrics use too) streams the gallery in chunks of ``chunk_rows`` rows -- each normalised once, scored against every
 query batch, merged into a running top-k -- so its memory is about
 ``chunk_rows * (D + query_batch) * 4`` bytes (0.4 GB at the defaults, D = 512) plus the (Q, k)
 results, whatever M is. The faiss backends (``pip install 'timm-gsp[faiss]'``) copy the whole
@@ -40,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ConfigError, OutputExistsError
-from .knn import merge_topk, sort_by_score_then_index  # the tie-aware running top-k: one home
+from .knn import exact_knn
 from .utils import PathLike, write_file_atomic
 
 __all__ = [
@@ -273,25 +273,9 @@ def search(
     queries = _check_queries(queries, rows.shape[1])
     if backend == "exact":
         _check_params(backend, backend_params)
-        return _exact_search(queries, rows, min(k, rows.shape[0]), query_batch, chunk_rows)
+        return exact_knn(queries, k, rows, query_block=query_batch, gallery_block=chunk_rows)
     index = build_faiss_index(gallery, backend, chunk_rows=chunk_rows, **backend_params)
     return search_faiss(index, queries, k, query_batch=query_batch)
-
-
-def _exact_search(queries: torch.Tensor, rows: torch.Tensor, k: int, query_batch: int,
-                  chunk_rows: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(Q, D) queries x (M, D) gallery -> (Q, k) scores and indices; see ``search``."""
-    queries = F.normalize(queries, dim=1)
-    num_items = rows.shape[0]
-    best_scores = queries.new_full((queries.shape[0], k), float("-inf"))
-    best_index = torch.full((queries.shape[0], k), num_items, dtype=torch.long)  # M: ranks after real items
-    # Gallery chunks outside, query batches inside: each gallery row is read and normalised once.
-    for start in range(0, num_items, chunk_rows):
-        chunk = F.normalize(_float_rows(rows, start, start + chunk_rows), dim=1)  # (c, D)
-        for q in range(0, queries.shape[0], query_batch):
-            batch = slice(q, q + query_batch)
-            merge_topk(best_scores, best_index, batch, queries[batch] @ chunk.T, start, k)
-    return sort_by_score_then_index(best_scores, best_index)
 
 
 # --- faiss --------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The ``global_pool`` string that selects GSP in timm, e.g. ``"gsp"`` or
-``"gsp:num_prototypes=128,transport_ratio=0.3,gamma=5"``, and the one home of GSP's defaults.
+``"gsp:num_prototypes=128,transport_ratio=0.3,gamma=5"`` (``border=B`` joins them when ``B > 0``),
+and the one home of GSP's defaults.
 
 Putting the hyper-parameters in the pool string lets them travel wherever timm passes
 ``global_pool`` (constructors, ``reset_classifier``, the ``model_args`` of a saved
@@ -11,18 +12,26 @@ import math
 import numbers
 from typing import Any, Dict, Optional
 
-__all__ = ["GSP_DEFAULTS", "check_gsp_args", "format_gsp_spec", "is_gsp_spec", "parse_gsp_spec"]
+from .errors import ConfigError
+
+__all__ = ["BASELINE_POOLS", "GSP_DEFAULTS", "check_gsp_args", "format_gsp_spec", "is_gsp_spec", "parse_gsp_spec",
+           "pool_spec"]
 
 # The defaults of the reference release for small datasets (CUB, Cars): K = 64 prototypes, transport
-# ratio mu = 0.3, entropy weight gamma = 5 on the [0, 2] cost scale. Every other module reads them here.
-GSP_DEFAULTS: Dict[str, Any] = {"num_prototypes": 64, "transport_ratio": 0.3, "gamma": 5.0}
-_TYPES = {"num_prototypes": int, "transport_ratio": float, "gamma": float}
+# ratio mu = 0.3, entropy weight gamma = 5 on the [0, 2] cost scale; no border ring left out (timm-gsp's
+# addition, docs/method.md). Every other module reads them here.
+GSP_DEFAULTS: Dict[str, Any] = {"num_prototypes": 64, "transport_ratio": 0.3, "gamma": 5.0, "border": 0}
+_TYPES = {"num_prototypes": int, "transport_ratio": float, "gamma": float, "border": int}
 
 
 def check_gsp_args(num_prototypes: Any = GSP_DEFAULTS["num_prototypes"],
                    transport_ratio: Any = GSP_DEFAULTS["transport_ratio"],
-                   gamma: Any = GSP_DEFAULTS["gamma"]) -> None:
-    """Raise ``ValueError`` naming the first GSP hyper-parameter that is out of range or of the wrong type."""
+                   gamma: Any = GSP_DEFAULTS["gamma"],
+                   border: Any = GSP_DEFAULTS["border"]) -> None:
+    """Raise ``ValueError`` naming the first GSP hyper-parameter that is out of range or of the wrong type.
+
+    (Whether a ``border`` leaves any cell of a feature map is known only with the map: the pool checks it.)
+    """
     if isinstance(num_prototypes, bool) or not isinstance(num_prototypes, numbers.Integral) or num_prototypes < 1:
         raise ValueError(f"num_prototypes must be an integer >= 1, got {num_prototypes!r}")
     if isinstance(transport_ratio, bool) or not isinstance(transport_ratio, numbers.Real) \
@@ -30,6 +39,8 @@ def check_gsp_args(num_prototypes: Any = GSP_DEFAULTS["num_prototypes"],
         raise ValueError(f"transport_ratio must be a number in (0, 1], got {transport_ratio!r}")
     if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not (float(gamma) > 0 and math.isfinite(gamma)):
         raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
+    if isinstance(border, bool) or not isinstance(border, numbers.Integral) or border < 0:
+        raise ValueError(f"border must be an integer >= 0, got {border!r}")
 
 
 def is_gsp_spec(pool_type: Any) -> bool:
@@ -78,7 +89,48 @@ def format_gsp_spec(
         num_prototypes: int = GSP_DEFAULTS["num_prototypes"],
         transport_ratio: float = GSP_DEFAULTS["transport_ratio"],
         gamma: float = GSP_DEFAULTS["gamma"],
+        border: int = GSP_DEFAULTS["border"],
 ) -> str:
-    """The canonical pool string for these hyper-parameters (round-trips through ``parse_gsp_spec``)."""
-    check_gsp_args(num_prototypes, transport_ratio, gamma)
-    return f"gsp:num_prototypes={int(num_prototypes)},transport_ratio={float(transport_ratio)!r},gamma={float(gamma)!r}"
+    """The canonical pool string for these hyper-parameters (round-trips through ``parse_gsp_spec``).
+
+    ``border`` appears only when it is > 0, so the strings of border-free pools (saved configs,
+    published models) are the same as before the option existed.
+    """
+    check_gsp_args(num_prototypes, transport_ratio, gamma, border)
+    spec = f"gsp:num_prototypes={int(num_prototypes)},transport_ratio={float(transport_ratio)!r},gamma={float(gamma)!r}"
+    return spec + (f",border={int(border)}" if border else "")
+
+
+# --- the pool of a retrieval model: GSP or a baseline ---------------------------------------------
+
+# The pools a retrieval model may use instead of GSP: timm's own SelectAdaptivePool2d types (``catavgmax``
+# concatenates the mean and the max, so it pools to twice the width) and GeM (``baseline_pools``).
+BASELINE_POOLS = ("avg", "max", "avgmax", "catavgmax", "gem")
+
+
+def pool_spec(
+        pool: str = "gsp",
+        num_prototypes: int = GSP_DEFAULTS["num_prototypes"],
+        transport_ratio: float = GSP_DEFAULTS["transport_ratio"],
+        gamma: float = GSP_DEFAULTS["gamma"],
+        **gsp_options: Any,
+) -> str:
+    """The canonical pool string of a retrieval model: ``"gsp"`` with these hyper-parameters (the
+    ``gsp:...`` string), a full ``gsp:...`` spec (validated, kept), or one of ``BASELINE_POOLS``.
+
+    Raises:
+        ConfigError: not a pool string, a bad GSP option, or an unknown pool.
+    """
+    if not isinstance(pool, str):
+        raise ConfigError(f"pool must be a string ('gsp', 'gsp:...' or one of {BASELINE_POOLS}), got {pool!r}")
+    try:
+        if pool.strip().lower() in ("gsp", "gsp:"):
+            return format_gsp_spec(num_prototypes, transport_ratio, gamma, **gsp_options)
+        if is_gsp_spec(pool):
+            parse_gsp_spec(pool)
+            return pool
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if pool not in BASELINE_POOLS:
+        raise ConfigError(f"pool must be 'gsp', 'gsp:...' or one of {BASELINE_POOLS}, got {pool!r}")
+    return pool

@@ -30,8 +30,9 @@ timm attribute (public name)                   touch      why (timm releases: al
 =============================================  =========  ===================================================
 
 Read, never written: the model attributes ``head_drop``, ``norm``, ``fc_norm``,
-``num_prefix_tokens``, ``num_features``, ``pretrained_cfg``, ``num_classes``, and on heads
-``in_features``, ``input_fmt``/``pool_dim``, ``pre_logits``. The ``global_pool`` argument is recorded
+``num_prefix_tokens``, ``num_features``, ``pretrained_cfg``, ``num_classes``, ``dynamic_img_size`` and
+``patch_embed.grid_size`` (token models: the patch grid GSP's ``border`` needs), on heads
+``in_features``, ``input_fmt``/``pool_dim``, ``pre_logits``, and ``timm.__version__``. The ``global_pool`` argument is recorded
 by timm's own factory (timm >= 1.0.20 writes it to ``model_args``); ``timm_gsp.hub`` passes the full
 reconstruction arguments to ``save_for_hf`` explicitly, so older releases save the same config.
 
@@ -43,8 +44,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch.nn as nn
 
@@ -63,27 +65,31 @@ from .pooling import GeneralizedSumPool, gsp_modules
 from .spec import is_gsp_spec, parse_gsp_spec
 from .utils import dry_forward
 
-__all__ = ["register", "SUPPORTED_TIMM_VERSIONS", "model_input_size", "save_for_hf", "size_lazy_pools", "TOKEN_MODELS"]
+__all__ = ["register", "SUPPORTED_TIMM_VERSIONS", "HUB_PREFIXES", "LOCAL_DIR_PREFIX", "LOCAL_DIR_SINCE", "model_input_size",
+           "save_for_hf", "size_lazy_pools", "timm_version", "TOKEN_MODELS"]
 
 # [low, high): the seam is tested on both ends (CI runs the plugin tests on the oldest and the newest).
 SUPPORTED_TIMM_VERSIONS = ((1, 0, 15), (2, 0, 0))
 TOKEN_MODELS = (VisionTransformer, Eva, Beit)
 _WRAPPED = "__timm_gsp_wrapped__"  # marks our wrappers (idempotent registration); never `__wrapped__`,
 # which TorchScript would follow to timm's source while resolving names in this module
-_HUB_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
+
+# The model-name prefixes timm resolves to published models: the Hugging Face Hub, and a local folder
+# in the Hub's layout (read by timm from LOCAL_DIR_SINCE on).
+HUB_PREFIXES = ("hf-hub:", "hf_hub:")
+LOCAL_DIR_PREFIX = "local-dir:"
+LOCAL_DIR_SINCE = (1, 0, 16)
 
 
-def _timm_version() -> Tuple[int, ...]:
-    parts = []
-    for piece in timm.__version__.split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
+def timm_version(version: Optional[str] = None) -> Tuple[int, int, int]:
+    """(major, minor, patch) of the installed timm, or of ``version``: "1.0.16.dev0" -> (1, 0, 16)."""
+    parts = [int(n) for n in re.findall(r"\d+", timm.__version__ if version is None else version)[:3]]
+    return tuple(parts + [0] * (3 - len(parts)))
 
 
 def _check_timm_version() -> None:
     low, high = SUPPORTED_TIMM_VERSIONS
-    if not low <= _timm_version() < high:
+    if not low <= timm_version() < high:
         raise ImportError(
             f"timm-gsp supports timm >= {'.'.join(map(str, low))}, < {'.'.join(map(str, high))}; found timm "
             f"{timm.__version__}. Outside that range global_pool='gsp' is not registered: install a supported "
@@ -115,27 +121,36 @@ def _new_pool(spec: str, in_chs: Optional[int], **layout: Any) -> GeneralizedSum
     return GeneralizedSumPool(in_chs, **parse_gsp_spec(spec), **layout)
 
 
+def _init_with_gsp(pool_argument: str, attach: Callable[[nn.Module, str, Mapping[str, Any]], None]):
+    """The ``__init__`` wrapper of a timm class whose ``pool_argument`` may name GSP: timm builds the
+    module with ``""`` (no pool) there, then ``attach(module, spec, call arguments)`` puts GSP in.
+    Calls that do not ask for GSP go to timm unchanged."""
+    def wrap(original):
+        def __init__(*args, **kwargs):
+            bound = _bind(original, *args, **kwargs)
+            spec = bound.arguments.get(pool_argument)
+            if not is_gsp_spec(spec):
+                return original(*args, **kwargs)
+            parse_gsp_spec(spec)  # fail on a bad spec before building anything
+            bound.arguments[pool_argument] = ""
+            original(*bound.args, **bound.kwargs)
+            attach(bound.arguments["self"], spec, bound.arguments)
+        return __init__
+    return wrap
+
+
 # --- group a: SelectAdaptivePool2d -------------------------------------------------------------
 
-def _select_adaptive_pool_init(original):
-    def __init__(*args, **kwargs):
-        bound = _bind(original, *args, **kwargs)
-        spec = bound.arguments["pool_type"]
-        if not is_gsp_spec(spec):
-            return original(*args, **kwargs)
-        output_size = bound.arguments["output_size"]
-        if output_size not in (1, (1, 1)):
-            raise ValueError(f"GSP pools to a single vector; output_size={output_size} is not supported")
-        flatten, input_fmt = bound.arguments["flatten"], bound.arguments["input_fmt"]
-        bound.arguments["pool_type"] = ""  # timm builds its identity pool; GSP replaces it
-        original(*bound.args, **bound.kwargs)
-        self = bound.arguments["self"]
-        self.pool_type = spec
-        # The channel count is not passed to the pool: the prototypes are created lazily, by the
-        # dry forward after timm.create_model, by a checkpoint that holds them, or at the first forward.
-        self.pool = _new_pool(spec, None, input_fmt=input_fmt, flatten=flatten)
-        self.flatten = nn.Identity()
-    return __init__
+def _attach_adaptive_gsp(pool: nn.Module, spec: str, arguments: Mapping[str, Any]) -> None:
+    """GSP as the ``pool`` of a SelectAdaptivePool2d that timm built as its identity pool."""
+    output_size = arguments["output_size"]
+    if output_size not in (1, (1, 1)):
+        raise ValueError(f"GSP pools to a single vector; output_size={output_size} is not supported")
+    pool.pool_type = spec
+    # The channel count is not passed to the pool: the prototypes are created lazily, by the
+    # dry forward after timm.create_model, by a checkpoint that holds them, or at the first forward.
+    pool.pool = _new_pool(spec, None, input_fmt=arguments["input_fmt"], flatten=arguments["flatten"])
+    pool.flatten = nn.Identity()
 
 
 # --- token models: VisionTransformer (and subclasses), Eva, Beit --------------------------------
@@ -145,12 +160,21 @@ def _gsp_head_drop(model: nn.Module) -> Optional[GeneralizedSumPool]:
     return slot.pool if isinstance(slot, nn.Sequential) and isinstance(getattr(slot, "pool", None), GeneralizedSumPool) else None
 
 
-def _attach_token_gsp(model: nn.Module, spec: str) -> None:
+def _patch_grid(model: nn.Module) -> Optional[Tuple[int, int]]:
+    """The (h, w) grid of a token model's patch tokens, when fixed (not with ``dynamic_img_size``)."""
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if grid is None or getattr(model, "dynamic_img_size", False):
+        return None
+    return int(grid[0]), int(grid[1])
+
+
+def _attach_token_gsp(model: nn.Module, spec: str, arguments: Optional[Mapping[str, Any]] = None) -> None:
     """GSP in the ``head_drop`` slot: forward_head then runs (no pool) -> fc_norm (per token) -> GSP -> dropout."""
     drop = model.head_drop
     if _gsp_head_drop(model) is not None:
         drop = model.head_drop.drop
-    pool = _new_pool(spec, model.num_features, input_fmt="NLC", num_prefix_tokens=model.num_prefix_tokens)
+    pool = _new_pool(spec, model.num_features, input_fmt="NLC", num_prefix_tokens=model.num_prefix_tokens,
+                     grid_size=_patch_grid(model))
     model.head_drop = nn.Sequential(OrderedDict([("pool", pool), ("drop", drop)]))
     _register_norm_remap(model)
 
@@ -158,19 +182,6 @@ def _attach_token_gsp(model: nn.Module, spec: str) -> None:
 def _detach_token_gsp(model: nn.Module) -> None:
     if _gsp_head_drop(model) is not None:
         model.head_drop = model.head_drop.drop
-
-
-def _token_model_init(original):
-    def __init__(*args, **kwargs):
-        bound = _bind(original, *args, **kwargs)
-        spec = bound.arguments.get("global_pool")
-        if not is_gsp_spec(spec):
-            return original(*args, **kwargs)
-        parse_gsp_spec(spec)  # fail on a bad spec before building the backbone
-        bound.arguments["global_pool"] = ""
-        original(*bound.args, **bound.kwargs)
-        _attach_token_gsp(bound.arguments["self"], spec)
-    return __init__
 
 
 def _token_model_reset_classifier(original):
@@ -219,7 +230,7 @@ def _register_norm_remap(model: nn.Module) -> None:
 
 # --- ClNormMlpClassifierHead (Hiera, MambaOut, ...): pools inline on NHWC / NLC ----------------
 
-def _attach_head_gsp(head: nn.Module, spec: str) -> None:
+def _attach_head_gsp(head: nn.Module, spec: str, arguments: Optional[Mapping[str, Any]] = None) -> None:
     """GSP first in ``pre_logits``: the head then runs (no pool) -> norm (per token) -> GSP -> MLP -> fc."""
     input_fmt = "NLC" if head.pool_dim == 1 else "NHWC"
     pool = _new_pool(spec, head.in_features, input_fmt=input_fmt)
@@ -235,19 +246,6 @@ def _head_mlp(head: nn.Module) -> nn.Module:
         rest = [(name, child) for name, child in slot.named_children() if name != "pool"]
         return nn.Sequential(OrderedDict(rest)) if rest else nn.Identity()
     return slot
-
-
-def _cl_head_init(original):
-    def __init__(*args, **kwargs):
-        bound = _bind(original, *args, **kwargs)
-        spec = bound.arguments["pool_type"]
-        if not is_gsp_spec(spec):
-            return original(*args, **kwargs)
-        parse_gsp_spec(spec)
-        bound.arguments["pool_type"] = ""
-        original(*bound.args, **bound.kwargs)
-        _attach_head_gsp(bound.arguments["self"], spec)
-    return __init__
 
 
 def _cl_head_reset(original):
@@ -336,7 +334,7 @@ def _rejects_gsp(original: Callable, bound: inspect.BoundArguments) -> bool:
 def _check_published_head(model: nn.Module, model_name: str, user_kwargs: Dict[str, Any], pretrained: bool) -> None:
     """A published GSP model whose config.json asks for another embedding size than its weights hold
     would get a random embedding layer from timm (it drops a classifier of the wrong size): refuse."""
-    if not (pretrained and model_name.startswith(_HUB_PREFIXES)) or "num_classes" in user_kwargs:
+    if not (pretrained and model_name.startswith((*HUB_PREFIXES, LOCAL_DIR_PREFIX))) or "num_classes" in user_kwargs:
         return
     stored = getattr(model, "pretrained_cfg", {}).get("num_classes")
     if gsp_modules(model) and stored is not None and stored != model.num_classes:
@@ -375,11 +373,11 @@ def _create_model(original):
 def register() -> None:
     """Install the wrappers listed in the module docstring (idempotent)."""
     _check_timm_version()
-    _wrap(SelectAdaptivePool2d, "__init__", _select_adaptive_pool_init)
+    _wrap(SelectAdaptivePool2d, "__init__", _init_with_gsp("pool_type", _attach_adaptive_gsp))
     for token_model in TOKEN_MODELS:
-        _wrap(token_model, "__init__", _token_model_init)
+        _wrap(token_model, "__init__", _init_with_gsp("global_pool", _attach_token_gsp))
         _wrap(token_model, "reset_classifier", _token_model_reset_classifier)
-    _wrap(ClNormMlpClassifierHead, "__init__", _cl_head_init)
+    _wrap(ClNormMlpClassifierHead, "__init__", _init_with_gsp("pool_type", _attach_head_gsp))
     _wrap(ClNormMlpClassifierHead, "reset", _cl_head_reset)
     original_create_model = timm.models.create_model
     _wrap(timm.models, "create_model", _create_model)

@@ -1,12 +1,14 @@
 """Heat maps of what GSP pools: pooling weights and prototype assignments over the images.
 
-For one batch, ``pooling_maps`` runs the model and reads, at its GSP pool,
+For one batch, ``pooling_maps`` runs the model and reads, at its GSP pool, through
+``capture_transport``,
 
 * the pooling weights ``w`` (B, N) -- the share of each location in the embedding -- and the
-  attributes (B, K), from ``capture_transport``;
-* the costs (B, K, N) that enter the transport (a forward hook on ``pool.transport``), turned into
-  per-prototype assignment maps ``softmax_i(-gamma * c_ij)``: which prototype each location is
-  closest to, at the pool's own temperature (the assignment GSP's attributes are built from);
+  attributes (B, K);
+* the costs that entered the transport, turned into per-prototype assignment maps
+  ``softmax_i(-gamma * c_ij)``: which prototype each location is closest to, at the pool's own
+  temperature (the assignment GSP's attributes are built from); zero on the border rings a pool
+  with ``border > 0`` leaves out, like the weights;
 
 then lays the N locations out on the feature grid: (H, W) of NCHW / NHWC features, or for ViT
 tokens the factorisation of N closest to the image's aspect ratio (the patch grid, read without
@@ -18,12 +20,11 @@ red when right / wrong) and ``weight_map_sheet`` (each image above GSP's selecti
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from .errors import ConfigError
-from .pooling import GeneralizedSumPool, capture_transport, gsp_modules
+from .pooling import capture_transport, gsp_modules
 
 __all__ = [
     "Hit",
@@ -57,10 +58,12 @@ class PoolingMaps:
 
     Attributes:
         weights: (B, h, w) pooling weights; each image's weights sum to 1.
-        selection: (B, h, w) the same weights times ``N * transport_ratio``: the share of each
-            location's mass that is transported, in [0, 1] (1 = fully pooled, 0 = ignored; GAP
-            would be ``transport_ratio`` everywhere). What ``save_overlays`` draws.
-        assignments: (B, K, h, w) softmax over the K prototypes of ``-gamma * cost`` per location.
+        selection: (B, h, w) the same weights times ``M * transport_ratio`` (M the transported
+            locations: all N, or the interior with a border): the share of each location's mass
+            that is transported, in [0, 1] (1 = fully pooled, 0 = ignored; GAP would be
+            ``transport_ratio`` everywhere). What ``save_overlays`` draws.
+        assignments: (B, K, h, w) softmax over the K prototypes of ``-gamma * cost`` per location
+            (0 on a left-out border).
         attributes: (B, K) transported mass per prototype (sums to 1).
         grid_size: (h, w).
         module_name: the GSP pool these come from.
@@ -82,18 +85,6 @@ def feature_grid(num_tokens: int, image_size: Tuple[int, int]) -> Tuple[int, int
     return min(pairs, key=lambda hw: abs(math.log(hw[0] / hw[1] / aspect)))
 
 
-@contextlib.contextmanager
-def _capture_costs(pools: Sequence[GeneralizedSumPool]) -> Iterator[List[torch.Tensor]]:
-    """The costs (B, K, N) entering each transport, in call order (matching capture_transport)."""
-    costs: List[torch.Tensor] = []
-    handles = [pool.transport.register_forward_hook(lambda m, args, out: costs.append(args[0].detach())) for pool in pools]
-    try:
-        yield costs
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 @torch.no_grad()
 def pooling_maps(model: nn.Module, images: torch.Tensor, pool: Optional[str] = None) -> PoolingMaps:
     """Run ``model`` on ``images`` (B, 3, H, W) and return the maps of its GSP pool.
@@ -104,20 +95,21 @@ def pooling_maps(model: nn.Module, images: torch.Tensor, pool: Optional[str] = N
     named = dict(gsp_modules(model))
     if pool is not None and pool not in named:
         raise ValueError(f"no GSP pool named {pool!r}; the model has {sorted(named)}")
-    with capture_transport(model) as plans, _capture_costs(list(named.values())) as costs:
+    with capture_transport(model) as plans:
         model(images)
-    runs = [(plan, cost) for plan, cost in zip(plans, costs) if pool is None or plan.module_name == pool]
+    runs = [plan for plan in plans if pool is None or plan.module_name == pool]
     if not runs:
         raise RuntimeError(f"{type(model).__name__}'s forward did not run its GSP pool {pool or ''}".strip())
-    plan, cost = runs[-1]
+    plan = runs[-1]
     batch, num_tokens = plan.weights.shape
     grid = plan.grid_size or feature_grid(num_tokens, tuple(images.shape[-2:]))
     gsp = named[plan.module_name]
-    assignments = torch.softmax(cost.float() * -gsp.gamma, dim=1)  # (B, K, N)
+    assignments = plan.on_grid(torch.softmax(plan.costs.float() * -gsp.gamma, dim=1))  # (B, K, N)
     weights = plan.weights.float().reshape(batch, *grid)
+    transported = plan.costs.shape[2]  # M locations carry mass 1 / M each
     return PoolingMaps(
         weights=weights,
-        selection=(weights * (num_tokens * gsp.transport_ratio)).clamp(0, 1),
+        selection=(weights * (transported * gsp.transport_ratio)).clamp(0, 1),
         assignments=assignments.reshape(batch, -1, *grid),
         attributes=plan.attributes.float(),
         grid_size=tuple(grid),

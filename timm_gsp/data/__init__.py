@@ -4,7 +4,8 @@
   ``train`` / ``test`` (``query`` / ``gallery`` for In-Shop) and a class-disjoint ``val`` carved
   from the train classes.
 * :class:`CollageDataset` -- the embedded, generated benchmark (no download).
-* :class:`MPerClassBatchSampler` -- m-per-class batches, DDP-aware, resumable.
+* :class:`MPerClassBatchSampler` -- m-per-class batches, DDP-aware, resumable; :class:`RandomBatchSampler`
+  -- plain random batches, the same interface.
 * :func:`build_transforms` -- timm train/eval transforms from a model's data config.
 * :class:`CachedDataset` -- a split decoded once and served from memory (small datasets).
 """
@@ -14,13 +15,13 @@ from .collage import CollageConfig, CollageDataset, default_cache_root, ensure_c
 from .datasets import CUB200, Cars196, FolderDataset, InShop, StanfordOnlineProducts
 from .build import DATASETS, build_dataset, evaluation_splits
 from .images import CorruptImageError, DatasetLayoutError, find_unreadable_images, load_rgb
-from .sampler import MPerClassBatchSampler
+from .sampler import MPerClassBatchSampler, RandomBatchSampler
 from .splits import carve_validation, split_classes
 from .transforms import Augmentation, build_eval_transform, build_train_transform, build_transforms, resolve_input_config
 
 __all__ = [
     "Augmentation", "CUB200", "CachedDataset", "Cars196", "CollageConfig", "CollageDataset", "CorruptImageError",
-    "DATASETS", "DEFAULT_MAX_CACHE_BYTES", "DatasetLayoutError", "FolderDataset", "ImageFileDataset", "InShop", "MPerClassBatchSampler",
+    "DATASETS", "DEFAULT_MAX_CACHE_BYTES", "DatasetLayoutError", "FolderDataset", "ImageFileDataset", "InShop", "MPerClassBatchSampler", "RandomBatchSampler",
     "RetrievalDataset", "StanfordOnlineProducts", "build_dataset", "build_eval_transform", "build_train_transform", "build_transforms", "carve_validation",
     "default_cache_root", "ensure_collage", "evaluation_splits", "find_unreadable_images", "generate_collage",
     "load_rgb", "resolve_input_config", "split_classes",

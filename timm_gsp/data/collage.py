@@ -7,6 +7,10 @@ and test classes the next ``num_test_classes`` ids, so the splits are class-disj
 construction. ``object_boxes`` gives the object tile of every image, to measure how much pooling
 weight lands on it (its area share is ``1 / grid**2``).
 
+:func:`write_collage_folder` writes the same images as an image folder (``root/class_NNN/NN.png`` +
+``root/collage.json`` with the object tiles' boxes, as every family of :mod:`timm_gsp.data.generated`),
+by default 3 x 3 tiles of 32 px (96 px), for ``--dataset folder``.
+
 Generation is a pure function of :class:`CollageConfig`: every class's look comes from a generator
 seeded by ``(seed, class id)`` and its images from ``(seed, class id, images per class)``. The
 result is cached under ``<cache root>/collage-<hash of config>/`` as uncompressed ``.npy`` files so
@@ -33,7 +37,8 @@ from ..utils import PathLike
 from .base import RetrievalDataset, Transform
 from .collage_render import make_distractor_pool, make_glyph, render_images
 
-__all__ = ["CollageConfig", "CollageDataset", "default_cache_root", "ensure_collage", "generate_collage"]
+__all__ = ["CollageConfig", "CollageDataset", "collage_folder_config", "default_cache_root", "ensure_collage",
+           "generate_collage", "write_collage_folder"]
 
 # Bump when the drawing code changes output: it is part of the cache key, so stale caches are not reused.
 GENERATOR_VERSION = 2  # 2: colour jitter 0.2, 6 hue bins
@@ -106,12 +111,17 @@ def generate_collage(config: CollageConfig, splits: Tuple[str, ...] = _SPLITS) -
         images = np.empty((len(ids) * n, config.image_size, config.image_size, 3), np.uint8)
         tiles = np.empty(len(ids) * n, np.int64)
         for k, cid in enumerate(ids):
-            glyph = make_glyph(np.random.default_rng([config.seed, _STREAM_CLASS, cid]))
-            rng = np.random.default_rng([config.seed, _STREAM_IMAGES, cid, n])
-            images[k * n:(k + 1) * n], tiles[k * n:(k + 1) * n] = render_images(
-                glyph, n, config.image_size, config.grid_size, pool, rng)
+            images[k * n:(k + 1) * n], tiles[k * n:(k + 1) * n] = _render_class(config, pool, cid, n)
         out[split] = {"images": images, "class_ids": np.repeat(np.asarray(ids, np.int64), n), "tiles": tiles}
     return out
+
+
+def _render_class(config: CollageConfig, pool, class_id: int, n: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``n`` images of global class ``class_id``: (uint8 (n, S, S, 3), object tile index (n,)); the
+    seeds depend on ``n`` (the split's images per class), as they always have."""
+    glyph = make_glyph(np.random.default_rng([config.seed, _STREAM_CLASS, class_id]))
+    rng = np.random.default_rng([config.seed, _STREAM_IMAGES, class_id, n])
+    return render_images(glyph, n, config.image_size, config.grid_size, pool, rng)
 
 
 def _write_preview(path: Path, images: np.ndarray, per_class: int, classes: int = 8, per_row: int = 8) -> None:
@@ -160,6 +170,47 @@ def ensure_collage(config: CollageConfig, cache_root: Optional[PathLike] = None)
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def collage_folder_config(seed: int = 0, num_classes: int = 200, images_per_class: int = 20, image_size: int = 96,
+                          grid_size: int = 3) -> CollageConfig:
+    """The folder benchmark's config: ``num_classes`` classes (the first half train, the rest test) of
+    ``images_per_class`` images, ``grid_size x grid_size`` tiles (default 3 x 3 of 32 px)."""
+    if num_classes < 2:
+        raise ConfigError(f"collage folder: need >= 2 classes, got {num_classes}")
+    return CollageConfig(num_train_classes=num_classes // 2, num_test_classes=num_classes - num_classes // 2,
+                         train_per_class=images_per_class, test_per_class=images_per_class,
+                         image_size=image_size, grid_size=grid_size, seed=seed)
+
+
+def write_collage_folder(root: PathLike, config: Optional[CollageConfig] = None, *, progress: bool = True) -> Path:
+    """Write ``config``'s train then test classes as ``root/class_NNN/NN.png`` (global class ids, so the
+    folder's sorted-name split gives back the same train / test classes and the very images of
+    :func:`generate_collage`) and ``root/collage.json`` (config, each object tile's box); return ``root``.
+
+    Default config: :func:`collage_folder_config` (200 classes x 20 images, 3 x 3 tiles, 96 px).
+    Refuses a non-empty ``root`` unless it already holds this very config (then nothing is done).
+    """
+    # imported here: ``python -m timm_gsp.data.generated`` must not find its module already loaded
+    from .generated import write_generated_folder
+
+    config = config or collage_folder_config()
+    num_train = config.num_train_classes
+
+    def make_renderer():
+        pool = make_distractor_pool(np.random.default_rng([config.seed, _STREAM_POOL]))
+        tile = config.tile_size
+
+        def render_class(class_id: int):
+            images, tiles = _render_class(config, pool, class_id, config.per_class("train" if class_id < num_train else "test"))
+            for image, t in zip(images, tiles.tolist()):
+                x0, y0 = (t % config.grid_size) * tile, (t // config.grid_size) * tile
+                yield Image.fromarray(image), (x0, y0, x0 + tile, y0 + tile)
+        return render_class
+
+    meta = {"generator": "timm_gsp.data.collage", "version": GENERATOR_VERSION, "config": asdict(config)}
+    return write_generated_folder(root, "collage", meta, num_train + config.num_test_classes, make_renderer,
+                                  progress=progress)
 
 
 class CollageDataset(RetrievalDataset):

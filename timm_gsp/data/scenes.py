@@ -24,11 +24,7 @@ Needs scikit-image (``pip install timm-gsp[bench]``) for the photographs.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -36,11 +32,14 @@ from typing import Dict, List, Tuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..errors import ConfigError
 from ..utils import PathLike
+from .generated import FolderConfig, check_size_share, meta_name, read_boxes, read_meta, write_generated_folder
 
-__all__ = ["ScenesConfig", "photo_pool", "render_scene", "write_scenes", "read_scene_boxes", "SCENES_META"]
+__all__ = ["ScenesConfig", "photo_clutter", "photo_pool", "render_scene", "write_scenes", "read_scene_boxes",
+           "read_scenes_meta", "SCENES_META"]
 
-SCENES_META = "scenes.json"
+SCENES_META = meta_name("scenes")
 GENERATOR_VERSION = 1
 # scikit-image's bundled photographs (colour and grey) and textures: the clutter, and the patches
 # the object fills are cut from. All ship inside the scikit-image wheel (no download).
@@ -50,28 +49,19 @@ _STREAM_CLASS, _STREAM_IMAGE = 0, 1
 
 
 @dataclass(frozen=True)
-class ScenesConfig:
+class ScenesConfig(FolderConfig):
     """Everything that determines the generated folder."""
 
-    num_classes: int = 200
-    images_per_class: int = 20
-    image_size: int = 96
     object_size: Tuple[float, float] = (0.27, 0.42)  # object diameter range, as a share of the image side
     clutter_crops: Tuple[int, int] = (5, 9)           # crops pasted over the first, full-image one
     layout: str = "free"  # "free": anywhere at any scale; "grid": fills one random cell of a 3 x 3 grid
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.num_classes < 2 or self.images_per_class < 2:
-            raise ValueError(f"ScenesConfig: need >= 2 classes and >= 2 images per class, got "
-                             f"{self.num_classes} and {self.images_per_class}")
-        if self.image_size < 32:
-            raise ValueError(f"ScenesConfig: image_size must be >= 32, got {self.image_size}")
-        low, high = self.object_size
+        super().__post_init__()
         if self.layout not in ("free", "grid"):
-            raise ValueError(f"ScenesConfig: layout must be 'free' or 'grid', got {self.layout!r}")
-        if not 0.05 <= low <= high <= 0.9:
-            raise ValueError(f"ScenesConfig: object_size must satisfy 0.05 <= low <= high <= 0.9, got {self.object_size}")
+            raise ConfigError(f"ScenesConfig: layout must be 'free' or 'grid', got {self.layout!r}")
+        check_size_share("ScenesConfig", "object_size", self.object_size)
 
 
 def photo_pool() -> List[np.ndarray]:
@@ -101,10 +91,11 @@ def _random_crop(photo: np.ndarray, size: Tuple[int, int], rng: np.random.Genera
     return crop
 
 
-def _clutter(config: ScenesConfig, photos: List[np.ndarray], rng: np.random.Generator) -> Image.Image:
-    """A patchwork of photo crops covering the whole image (grid layout: one crop per cell)."""
-    side = config.image_size
-    if config.layout == "grid":
+def photo_clutter(side: int, photos: List[np.ndarray], rng: np.random.Generator,
+                  crops: Tuple[int, int] = (5, 9), layout: str = "free") -> Image.Image:
+    """A patchwork of photo crops covering a ``side`` square (RGB): one full-image crop and
+    ``crops`` (inclusive range) more at random places; layout "grid": one crop per 3 x 3 cell."""
+    if layout == "grid":
         canvas = Image.new("RGB", (side, side))
         cell = side // 3
         for row in range(3):
@@ -113,7 +104,7 @@ def _clutter(config: ScenesConfig, photos: List[np.ndarray], rng: np.random.Gene
                 canvas.paste(crop, (col * cell, row * cell))
         return canvas
     canvas = _random_crop(photos[rng.integers(len(photos))], (side, side), rng, zoom=rng.uniform(1.0, 3.0))
-    for _ in range(int(rng.integers(config.clutter_crops[0], config.clutter_crops[1] + 1))):
+    for _ in range(int(rng.integers(crops[0], crops[1] + 1))):
         w, h = (int(v) for v in rng.integers(side // 5, side // 2 + 1, size=2))
         crop = _random_crop(photos[rng.integers(len(photos))], (w, h), rng, zoom=rng.uniform(0.7, 3.0))
         canvas.paste(crop, (int(rng.integers(-w // 3, side - w // 2)), int(rng.integers(-h // 3, side - h // 2))))
@@ -163,7 +154,7 @@ def render_scene(config: ScenesConfig, photos: List[np.ndarray], obj: _ClassObje
                  rng: np.random.Generator) -> Tuple[Image.Image, Tuple[int, int, int, int]]:
     """One image (RGB, image_size square) and its object box (x0, y0, x1, y1), x1/y1 exclusive."""
     side = config.image_size
-    canvas = _clutter(config, photos, rng)
+    canvas = photo_clutter(side, photos, rng, config.clutter_crops, config.layout)
     if config.layout == "grid":  # the object fills one cell, on that cell's crop
         diameter = side // 3
         cell = int(rng.integers(9))
@@ -186,49 +177,29 @@ def write_scenes(root: PathLike, config: ScenesConfig = ScenesConfig(), *, progr
     """Write the folder ``root/class_NNN/NN.png`` and ``root/scenes.json``; return ``root``.
 
     Refuses a non-empty ``root`` unless it already holds this very config (then nothing is done).
-    Written into a temporary sibling and renamed into place, so a kill leaves no half folder.
+    Written into a temporary sibling and renamed into place, so a kill leaves no half folder
+    (:func:`timm_gsp.data.generated.write_generated_folder`).
     """
-    root = Path(root).expanduser()
-    meta = {"generator": "timm_gsp.data.scenes", "version": GENERATOR_VERSION, "config": asdict(config)}
-    if root.exists():
-        existing = read_scenes_meta(root) if (root / SCENES_META).is_file() else None
-        if existing is not None and {k: existing.get(k) for k in ("version", "config")} == \
-                {k: json.loads(json.dumps(meta))[k] for k in ("version", "config")}:
-            return root
-        if any(root.iterdir()):
-            raise FileExistsError(f"{root} is not empty and does not hold these scenes; choose another folder")
-    from tqdm import tqdm
+    def make_renderer():
+        photos = photo_pool()
 
-    photos = photo_pool()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    boxes: Dict[str, List[int]] = {}
-    try:
-        for class_id in tqdm(range(config.num_classes), desc="scenes", unit="class", disable=not progress):
+        def render_class(class_id: int):
             obj = _class_object(config, photos, class_id)
-            folder = tmp / f"class_{class_id:03d}"
-            folder.mkdir()
             for index in range(config.images_per_class):
-                rng = np.random.default_rng([config.seed, _STREAM_IMAGE, class_id, index])
-                image, box = render_scene(config, photos, obj, rng)
-                name = f"{folder.name}/{index:02d}.png"
-                image.save(tmp / name)
-                boxes[name] = list(box)
-        (tmp / SCENES_META).write_text(json.dumps({**meta, "boxes": boxes}), encoding="utf-8")
-        if root.exists():
-            root.rmdir()  # empty (checked above)
-        os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
+                yield render_scene(config, photos, obj, np.random.default_rng([config.seed, _STREAM_IMAGE, class_id, index]))
+        return render_class
+
+    meta = {"generator": "timm_gsp.data.scenes", "version": GENERATOR_VERSION, "config": asdict(config)}
+    return write_generated_folder(root, "scenes", meta, config.num_classes, make_renderer, progress=progress)
 
 
 def read_scenes_meta(root: PathLike) -> Dict:
-    with open(Path(root) / SCENES_META, encoding="utf-8") as f:
-        return json.load(f)
+    """The metadata (config, version, boxes) of a folder written by :func:`write_scenes` (or any other
+    generated family: :func:`timm_gsp.data.generated.read_meta`)."""
+    return read_meta(root)
 
 
 def read_scene_boxes(root: PathLike) -> Dict[str, Tuple[int, int, int, int]]:
-    """``{"class_NNN/NN.png": (x0, y0, x1, y1)}`` of a folder written by :func:`write_scenes`."""
-    return {name: tuple(box) for name, box in read_scenes_meta(root)["boxes"].items()}
+    """``{"class_NNN/NN.png": (x0, y0, x1, y1)}`` of a folder written by :func:`write_scenes` (or any
+    other generated family)."""
+    return read_boxes(root)

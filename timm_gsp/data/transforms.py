@@ -2,7 +2,8 @@
 
 * The *data config* (``input_size``, ``interpolation``, ``mean``, ``std``, ``crop_pct``,
   ``crop_mode``) describes evaluation preprocessing: what a published model tells its users.
-  It starts from the model's ``pretrained_cfg`` (``timm.data.resolve_data_config``).
+  It starts from the model's ``pretrained_cfg``; its keys and ``resolve_input_config`` live with the
+  model description (``timm_gsp.model_config``).
 * :class:`Augmentation` holds the training augmentation with the names and meanings of timm's
   ``train.py`` flags (``--scale``, ``--ratio``, ``--hflip``, ``--vflip``, ``--color-jitter``,
   ``--aa``, ``--reprob``); timm's ``create_transform`` builds both pipelines.
@@ -16,11 +17,11 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import torch.nn as nn
-from timm.data import create_transform, resolve_data_config
+from timm.data import create_transform
+
+from ..model_config import resolve_input_config
 
 __all__ = ["Augmentation", "build_eval_transform", "build_train_transform", "build_transforms", "resolve_input_config"]
-
-_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
 
 @dataclass(frozen=True)
@@ -65,37 +66,6 @@ class Augmentation:
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
-
-
-def _as_input_size(size: Union[int, Tuple[int, ...]]) -> Tuple[int, int, int]:
-    if isinstance(size, int):
-        return (3, size, size)
-    size = tuple(int(s) for s in size)
-    if len(size) == 2:
-        return (3,) + size  # type: ignore[return-value]
-    if len(size) == 3:
-        return size  # type: ignore[return-value]
-    raise ValueError(f"input_size must be an int, (H, W) or (C, H, W), got {size}")
-
-
-def resolve_input_config(model_or_data_config: Union[nn.Module, Mapping[str, Any]],
-                         input_size: Optional[Union[int, Tuple[int, ...]]] = None,
-                         **overrides: Any) -> Dict[str, Any]:
-    """The evaluation data config (``input_size (C, H, W)``, ``interpolation``, ``mean``, ``std``,
-    ``crop_pct``, ``crop_mode``) of a timm model, or completed from a partial dict.
-
-    ``input_size`` and the other ``overrides`` (``crop_pct``, ``interpolation``, ...) win when not None.
-    """
-    if isinstance(model_or_data_config, nn.Module):
-        cfg = resolve_data_config(model=model_or_data_config)
-    else:
-        # resolve_data_config fills whatever the dict leaves out with timm's defaults.
-        given = {k: v for k, v in dict(model_or_data_config).items() if v is not None}
-        cfg = resolve_data_config(args={}, pretrained_cfg=given)
-    if input_size is not None:
-        cfg["input_size"] = _as_input_size(input_size)
-    cfg.update({k: v for k, v in overrides.items() if k in _CONFIG_KEYS and v not in (None, "")})
-    return {k: cfg[k] for k in _CONFIG_KEYS if k in cfg}
 
 
 def build_eval_transform(data_config: Mapping[str, Any]) -> Callable:

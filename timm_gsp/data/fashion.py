@@ -1,0 +1,192 @@
+"""The "fashion" benchmark: find one specific real Fashion-MNIST item among others, on photo clutter.
+
+A generated image folder (``root/class_NNN/NN.png`` + ``root/fashion.json``, written like every family
+in :mod:`timm_gsp.data.generated`) whose classes are *instances*: class ``k`` is one particular
+Fashion-MNIST item (a 28 x 28 greyscale photo of one garment), chosen by the seed. Many classes
+share a clothing category (dozens of different sneakers), so they are fine-grained: the class is
+the item's exact outline and texture. Each image (default 96 px RGB) is
+
+* clutter: the scenes benchmark's patchwork of real-photo crops, dulled towards grey so the items
+  on it stay legible;
+* 3-6 distractors: other Fashion-MNIST items (never any class's item), random per image, each
+  tinted, rotated and placed anywhere, often overlapping;
+* the class item on top, small (about 20-34 px across on 96 px), tinted with a random colour per
+  image (so colour never tells the class), rotated by up to 15 degrees, anywhere, brightness
+  jittered.
+
+The item pool is Fashion-MNIST's 60 000 training images (Debian package ``dataset-fashion-mnist``,
+read from ``/usr/share/datasets/fashion-mnist``). Class items are drawn without replacement, so the
+train classes (the first half by sorted name) and the test classes are different items of the same
+categories. Generation is a pure function of :class:`FashionConfig` (numpy generators seeded by
+``(seed, stream, ...)``).
+
+    from timm_gsp.data.fashion import FashionConfig, write_fashion
+    root = write_fashion("data/fashion", FashionConfig())   # 200 classes x 20 images, ~30 s
+
+Needs scikit-image (``pip install timm-gsp[bench]``) for the photographs.
+"""
+from __future__ import annotations
+
+import gzip
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple
+
+import numpy as np
+from PIL import Image
+from scipy.ndimage import binary_fill_holes
+
+from ..errors import ConfigError, DatasetLayoutError
+from ..utils import PathLike
+from .generated import Box, FolderConfig, check_size_share, write_generated_folder
+from .scenes import photo_clutter, photo_pool
+
+__all__ = ["CATEGORIES", "DEFAULT_FASHION_DIR", "FashionConfig", "FashionItems", "class_items", "distractor_scene",
+           "load_fashion_mnist", "render_fashion", "write_fashion"]
+
+DEFAULT_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+_IMAGES, _LABELS = "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"
+CATEGORIES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+GENERATOR_VERSION = 1
+_STREAM_ITEMS, _STREAM_IMAGE = 0, 1
+
+
+@dataclass(frozen=True)
+class FashionConfig(FolderConfig):
+    """Everything that determines the generated folder."""
+
+    object_size: Tuple[float, float] = (0.21, 0.35)      # class item side range, share of the image side
+    distractor_size: Tuple[float, float] = (0.21, 0.4)   # distractor side range, share of the image side
+    num_distractors: Tuple[int, int] = (3, 6)            # inclusive range
+    clutter_crops: Tuple[int, int] = (5, 9)              # photo crops over the first, full-image one
+    clutter_contrast: float = 0.55                       # clutter blended towards its mean grey by 1 - this
+    max_rotation: float = 15.0                           # degrees, either way
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for field in ("object_size", "distractor_size"):
+            check_size_share("FashionConfig", field, getattr(self, field))
+        low, high = self.num_distractors
+        if not 0 <= low <= high:
+            raise ConfigError(f"FashionConfig: num_distractors must satisfy 0 <= low <= high, got {self.num_distractors}")
+        if not 0.0 <= self.clutter_contrast <= 1.0:
+            raise ConfigError(f"FashionConfig: clutter_contrast must be in [0, 1], got {self.clutter_contrast}")
+
+
+@dataclass(frozen=True)
+class FashionItems:
+    """Fashion-MNIST items: ``images`` uint8 (N, 28, 28), bright item on black; ``labels`` int64 (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzip): big-endian header ``0, 0, dtype 0x08 (uint8), ndim``, ndim int32 sizes, data."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    if data[:3] != b"\x00\x00\x08":
+        raise DatasetLayoutError(f"fashion: {path} is not an IDX file of uint8 (header {data[:4]!r})")
+    ndim = data[3]
+    shape = tuple(int(v) for v in np.frombuffer(data, ">i4", count=ndim, offset=4))
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_fashion_mnist(directory: Optional[PathLike] = None) -> FashionItems:
+    """Fashion-MNIST's training items from ``directory`` (default :data:`DEFAULT_FASHION_DIR`)."""
+    directory = Path(directory) if directory is not None else DEFAULT_FASHION_DIR
+    for name in (_IMAGES, _LABELS):
+        if not (directory / name).is_file():
+            raise DatasetLayoutError(f"fashion: Fashion-MNIST file {directory / name} not found; install it with "
+                                     "`apt-get install dataset-fashion-mnist` (or pass the folder holding it)")
+    images, labels = _read_idx(directory / _IMAGES), _read_idx(directory / _LABELS)
+    if images.ndim != 3 or labels.shape != images.shape[:1]:
+        raise DatasetLayoutError(f"fashion: {directory} holds {images.shape} images and {labels.shape} labels; "
+                                 "expected (N, 28, 28) and (N,)")
+    return FashionItems(images, labels.astype(np.int64))
+
+
+def _item_sticker(item: np.ndarray, side: int, rng: np.random.Generator, max_rotation: float) -> Image.Image:
+    """One item as an RGBA sticker about ``side`` px across: a random tint over the item's own
+    luminance (texture kept, colour random), its filled silhouette as alpha, rotated."""
+    gray = item.astype(np.float32) / 255.0
+    # The silhouette: every pixel of the item, dark print inside it included (holes filled).
+    mask = binary_fill_holes(gray > 0.04)
+    hue_rgb = rng.uniform(0.0, 1.0, size=3)
+    tint = 0.35 + 0.65 * hue_rgb / max(float(hue_rgb.max()), 1e-3)   # a colour with at least one full channel
+    shade = 0.3 + 0.7 * gray                                          # dark print stays visible, not black
+    rgb = (shade[..., None] * tint * 255.0).clip(0, 255).astype(np.uint8)
+    sticker = Image.fromarray(np.dstack([rgb, (mask * 255).astype(np.uint8)]), "RGBA")
+    sticker = sticker.resize((side, side), Image.LANCZOS)
+    return sticker.rotate(float(rng.uniform(-max_rotation, max_rotation)), resample=Image.BICUBIC, expand=True)
+
+
+def _paste(canvas: Image.Image, sticker: Image.Image, rng: np.random.Generator, gain: float) -> Box:
+    """Paste ``sticker`` at a random place wholly inside ``canvas``; return its alpha's box."""
+    side = canvas.size[0]
+    w, h = sticker.size
+    x, y = int(rng.integers(0, max(side - w, 0) + 1)), int(rng.integers(0, max(side - h, 0) + 1))
+    rgb = Image.eval(sticker.convert("RGB"), lambda v: min(255, int(v * gain)))
+    alpha = sticker.getchannel("A")
+    canvas.paste(rgb, (x, y), alpha)
+    ys, xs = np.nonzero(np.asarray(alpha) > 32)
+    return (x + int(xs.min()), y + int(ys.min()), min(side, x + int(xs.max()) + 1), min(side, y + int(ys.max()) + 1))
+
+
+def distractor_scene(config: FashionConfig, photos: List[np.ndarray], items: FashionItems,
+                     distractor_pool: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """The image before the class item goes on: dulled clutter and the distractor items (RGB)."""
+    side = config.image_size
+    clutter = np.asarray(photo_clutter(side, photos, rng, config.clutter_crops), np.float32)
+    grey = clutter.mean()
+    canvas = Image.fromarray((grey + config.clutter_contrast * (clutter - grey)).clip(0, 255).astype(np.uint8))
+    count = int(rng.integers(config.num_distractors[0], config.num_distractors[1] + 1))
+    for other in rng.choice(distractor_pool, size=count):
+        size = max(8, int(round(side * rng.uniform(*config.distractor_size))))
+        _paste(canvas, _item_sticker(items.images[other], size, rng, config.max_rotation), rng, float(rng.uniform(0.8, 1.15)))
+    return canvas
+
+
+def render_fashion(config: FashionConfig, photos: List[np.ndarray], items: FashionItems, item: int,
+                   distractor_pool: np.ndarray, rng: np.random.Generator) -> Tuple[Image.Image, Box]:
+    """One image (RGB, image_size square) of class item ``items.images[item]`` and its box; the
+    class item goes on last, so distractors never hide it."""
+    canvas = distractor_scene(config, photos, items, distractor_pool, rng)
+    size = max(8, int(round(config.image_size * rng.uniform(*config.object_size))))
+    box = _paste(canvas, _item_sticker(items.images[item], size, rng, config.max_rotation), rng, float(rng.uniform(0.8, 1.15)))
+    return canvas, box
+
+
+def class_items(config: FashionConfig, num_items: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(class item index per class (num_classes,), the distractor pool: every other item)."""
+    if config.num_classes >= num_items:
+        raise ConfigError(f"FashionConfig: {config.num_classes} classes need more than the {num_items} Fashion-MNIST items")
+    order = np.random.default_rng([config.seed, _STREAM_ITEMS]).permutation(num_items)
+    return order[:config.num_classes], np.sort(order[config.num_classes:])
+
+
+def write_fashion(root: PathLike, config: FashionConfig = FashionConfig(), *, progress: bool = True,
+                  fashion_dir: Optional[PathLike] = None) -> Path:
+    """Write ``root/class_NNN/NN.png`` and ``root/fashion.json`` (config, boxes of the class item, and
+    ``classes``: each class's Fashion-MNIST training index and category); return ``root``.
+
+    ``fashion_dir``: the folder holding ``train-images-idx3-ubyte.gz`` (default the Debian package's).
+    Refuses a non-empty ``root`` unless it already holds this very config (then nothing is done).
+    """
+    items = load_fashion_mnist(fashion_dir)
+    chosen, distractor_pool = class_items(config, len(items.images))
+
+    def make_renderer():
+        photos = photo_pool()
+
+        def render_class(class_id: int) -> Iterator[Tuple[Image.Image, Box]]:
+            for index in range(config.images_per_class):
+                rng = np.random.default_rng([config.seed, _STREAM_IMAGE, class_id, index])
+                yield render_fashion(config, photos, items, int(chosen[class_id]), distractor_pool, rng)
+        return render_class
+
+    meta = {"generator": "timm_gsp.data.fashion", "version": GENERATOR_VERSION, "config": asdict(config),
+            "classes": {f"class_{k:03d}": {"item": int(i), "category": CATEGORIES[int(items.labels[i])]}
+                        for k, i in enumerate(chosen)}}
+    return write_generated_folder(root, "fashion", meta, config.num_classes, make_renderer, progress=progress)
