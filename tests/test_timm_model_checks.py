@@ -224,6 +224,7 @@ BORDER_SPEC = SPEC + ",border=1"
 BORDER_FAMILIES = [  # (name, create kwargs, input size, feature grid)
     ("resnet10t", {}, 128, (4, 4)),
     ("swin_tiny_patch4_window7_224", {"img_size": 112, "depths": (1, 1, 1, 1)}, 112, (4, 4)),  # 28 -> 14 -> 7 -> 4 (padded)
+    ("vit_small_patch14_reg4_dinov2", dict(SMALL_TOKEN, img_size=56), 56, (4, 4)),  # tokens of a fixed patch grid
 ]
 
 
@@ -250,6 +251,6 @@ def test_border_scripts_and_traces_like_eager(name, kwargs, size, grid):
 
 
 def test_border_on_vit_tokens_is_refused_naming_border():
-    # timm does not hand the pool the patch grid through global_pool, so border > 0 cannot apply to tokens there
+    # test_vit is built with dynamic_img_size: its patch grid follows the image, so the pool cannot know it
     with pytest.raises(GSPUnsupportedModelError, match="border"):
         timm.create_model("test_vit", global_pool=BORDER_SPEC)

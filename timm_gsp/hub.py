@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
@@ -37,7 +36,7 @@ from .errors import CheckpointMismatchError, ConfigError, HubUnavailableError, O
 from .model_card import fill_repo_id, model_card
 from .model_config import RetrievalModelConfig, describe_model, evaluation_data_config, timm_model_args
 from .run_results import RunResults, read_results, write_json_atomic
-from .timm_plugin import save_for_hf
+from .timm_plugin import LOCAL_DIR_PREFIX, LOCAL_DIR_SINCE, save_for_hf, timm_version
 from .utils import PathLike, eval_mode, give_plain_file_mode, read_json_object
 
 __all__ = [
@@ -65,8 +64,8 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
 PUBLISHED_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
-# timm reads "local-dir:<folder>" from 1.0.16 on; older releases are given the config by hand.
-_TIMM_HAS_LOCAL_DIR = tuple(int(n) for n in re.findall(r"\d+", timm.__version__)[:3]) >= (1, 0, 16)
+# timm reads "local-dir:<folder>" from LOCAL_DIR_SINCE on; older releases are given the config by hand.
+_TIMM_HAS_LOCAL_DIR = timm_version() >= LOCAL_DIR_SINCE
 
 # Names that lived here before issue 21 gave each idea its own module; forwarded, imported on first use.
 _MOVED = {
@@ -259,7 +258,7 @@ def build_published(folder: PathLike) -> nn.Module:
         raise ConfigError(f"{folder / CONFIG_NAME} is not a timm model config: it names no 'architecture'")
     try:
         if _TIMM_HAS_LOCAL_DIR:
-            return timm.create_model(f"local-dir:{folder}", pretrained=False)
+            return timm.create_model(f"{LOCAL_DIR_PREFIX}{folder}", pretrained=False)
         return timm.create_model(config["architecture"], pretrained=False, pretrained_cfg=config.get("pretrained_cfg"),
                                  **config.get("model_args", {}))
     except (TypeError, ValueError, KeyError, RuntimeError) as error:

@@ -25,12 +25,11 @@ from .hub import CONFIG_NAME, WEIGHTS_NAME, build_published, download_snapshot, 
     read_state_dict
 from .model_config import RetrievalModelConfig
 from .run_results import read_results
+from .timm_plugin import HUB_PREFIXES, LOCAL_DIR_PREFIX
 from .utils import PathLike
 
 __all__ = ["ModelFolder", "find_model", "load_model"]
 
-_HUB_PREFIXES = ("hf-hub:", "hf_hub:")
-_LOCAL_PREFIX = "local-dir:"
 RESULTS_FILE = "results.json"
 
 
@@ -77,11 +76,11 @@ def find_model(source: Union[str, PathLike]) -> ModelFolder:
         HubUnavailableError: a Hub model that is not cached, offline.
     """
     text = str(source)
-    if text.startswith(_HUB_PREFIXES):
+    if text.startswith(HUB_PREFIXES):
         repo = text.split(":", 1)[1]
         folder = download_snapshot(repo)
         return ModelFolder(read_published_config(folder), folder, f"hf-hub:{repo}", True)
-    path = Path(text[len(_LOCAL_PREFIX):] if text.startswith(_LOCAL_PREFIX) else text).expanduser().resolve()
+    path = Path(text[len(LOCAL_DIR_PREFIX):] if text.startswith(LOCAL_DIR_PREFIX) else text).expanduser().resolve()
     if path.is_file() and path.name.endswith(".json"):
         path = path.parent
     if not path.exists():
