@@ -20,7 +20,13 @@ Every run writes to ``--output`` (refused if it already holds a run: ``--resume`
 ``--resume`` continues exactly where the run stopped. Settings that define the model, the data or the
 optimisation must be those of the checkpoint; these may change: ``--epochs`` (the cosine schedule is
 stretched to the new length), ``--eval-every``, ``--workers``, ``--cache-images``, ``--data-dir``,
-``--no-progress``, ``--stop-after-epoch``.
+``--no-progress``, ``--stop-after-epoch``, ``--pretrained-path`` (a resumed run takes every weight from
+its checkpoint, and keeps recording the weights file it started from).
+
+``--pretrained-path FILE`` (timm train.py's flag): the backbone's pretrained weights from a timm
+checkpoint file instead of a download (machines without network), loaded by timm itself; a missing
+file or one of another architecture is refused before anything is written. The run's first lines and
+``results.json`` name the file by its name and sha256.
 """
 from __future__ import annotations
 
@@ -66,7 +72,7 @@ from timm_gsp.errors import ConfigError, OutputExistsError
 from timm_gsp.evaluate import evaluate_retrieval
 from timm_gsp.losses import GSPMetricLoss
 from timm_gsp.metrics import relevant_counts
-from timm_gsp.run_results import RunResults
+from timm_gsp.run_results import RunResults, pretrained_weights_record
 from timm_gsp.spec import BASELINE_POOLS, pool_spec
 from timm_gsp.utils import dry_forward, world_size_and_rank, write_file_atomic
 
@@ -93,7 +99,7 @@ LOSS_STALL_RATIO = 0.95
 CHANCE_MULTIPLE = 2.0
 # Settings that may differ between a run and its --resume (everything else must match the checkpoint).
 RESUMABLE = frozenset({"epochs", "eval_every", "workers", "cache_images", "data_dir", "no_progress",
-                       "stop_after_epoch", "resume", "overwrite", "output", "debug"})
+                       "stop_after_epoch", "pretrained_path", "resume", "overwrite", "output", "debug"})
 RUN_FILES = ("results.json", "metrics.jsonl", "metrics.png", "gsp_weights.png", "checkpoint", "checkpoint-best")
 
 
@@ -132,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", help="any timm model name")
     model.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=False,
                        help="start from the backbone's pretrained weights")
+    model.add_argument("--pretrained-path", default=None, metavar="FILE",
+                       help="the backbone's pretrained weights from this timm checkpoint file (.safetensors, or a torch "
+                            ".pth/.pt/.bin state dict) instead of a download; implies --pretrained")
     model.add_argument("--model-kwargs", nargs="*", default={}, action=ParseKwargs, metavar="KEY=VALUE",
                        help="extra timm.create_model arguments, e.g. output_stride=8 img_size=96")
     model.add_argument("--pool", choices=sorted(POOLS), default="gsp",
@@ -141,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--num-prototypes", type=int, default=timm_gsp.GSP_DEFAULTS["num_prototypes"])
     model.add_argument("--transport-ratio", type=float, default=timm_gsp.GSP_DEFAULTS["transport_ratio"])
     model.add_argument("--gamma", type=float, default=timm_gsp.GSP_DEFAULTS["gamma"])
+    model.add_argument("--gsp-border", type=int, default=timm_gsp.GSP_DEFAULTS["border"], metavar="RINGS",
+                       help="outer rings of feature cells GSP leaves out (zero padding makes border cells alike in every "
+                            "image, and they can draw weight); 0: none")
     model.add_argument("--prototype-init", choices=["random", "kcenter"], default="kcenter",
                        help="kcenter: greedy farthest-point init from local features of training images")
     model.add_argument("--drop-path", type=float, default=None)
@@ -174,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="batch composition: M images of each of batch-size / M classes; 0: plain random batches")
     optim.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default="auto",
                        help="auto: bf16 on CUDA (fp16 where bf16 is missing), none on CPU")
+    optim.add_argument("--channels-last", action="store_true",
+                       help="NHWC memory layout for model and images (faster convolutions on CPUs and tensor cores)")
     run = parser.add_argument_group("run")
     run.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (and after the last)")
     run.add_argument("--seed", type=int, default=0)
@@ -255,9 +269,27 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     try:
         Augmentation(scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip,
                      color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob)
-        timm_gsp.format_gsp_spec(args.num_prototypes, args.transport_ratio, args.gamma)
+        timm_gsp.format_gsp_spec(args.num_prototypes, args.transport_ratio, args.gamma, args.gsp_border)
     except ValueError as error:
         parser.error(str(error))
+    check_pretrained_path(parser, args)
+
+
+def check_pretrained_path(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--pretrained-path is a readable timm checkpoint of --model: the model is built with it here, before
+    the output folder is touched, so a wrong file is a usage error (exit 2) that leaves nothing behind.
+    (The library names the file and its first mismatching keys.) A resumed run needs no file: its
+    checkpoint holds every weight."""
+    if args.pretrained_path is None or args.resume:
+        return
+    try:
+        description = model_description(args)
+    except ConfigError as error:
+        parser.error(str(error))
+    try:
+        description.build(pretrained_path=args.pretrained_path)
+    except ConfigError as error:
+        parser.error(f"--pretrained-path {error}")
 
 
 class Distributed:
@@ -416,21 +448,27 @@ def model_description(args, data_config: Optional[Dict[str, Any]] = None) -> Ret
     kwargs = dict(args.model_kwargs)
     if args.drop_path is not None:
         kwargs["drop_path_rate"] = args.drop_path
-    pool = pool_spec(POOLS[args.pool], args.num_prototypes, args.transport_ratio, args.gamma)
+    pool = pool_spec(POOLS[args.pool], args.num_prototypes, args.transport_ratio, args.gamma, border=args.gsp_border)
     return RetrievalModelConfig(args.model, embed_dim=args.embed_dim, pool=pool, model_kwargs=kwargs,
                                 data_config=data_config or {})
 
 
-def build_model(args, env: Distributed) -> torch.nn.Module:
+def build_model(args, env: Distributed, resuming: bool = False) -> torch.nn.Module:
+    """The model, with the backbone's pretrained weights (timm's, or --pretrained-path's file) unless the
+    run resumes: its checkpoint replaces every weight, so nothing is downloaded or read for it."""
+    pretrained = (args.pretrained or args.pretrained_path is not None) and not resuming
+    pretrained_path = None if resuming else args.pretrained_path
     try:
-        model = model_description(args).build(pretrained=args.pretrained)
+        model = model_description(args).build(pretrained=pretrained, pretrained_path=pretrained_path)
     except (OSError, ConnectionError) as error:
-        if not args.pretrained:
+        if not pretrained or pretrained_path is not None:
             raise
         raise ConfigError(f"cannot load the pretrained weights of {args.model} ({type(error).__name__}: "
                           f"{str(error).splitlines()[0] if str(error) else 'no network?'}); on a machine without network "
-                          f"train from scratch: --recipe folder-scratch (or --no-pretrained)") from error
-    return model.to(env.device)
+                          f"give them as a file (--pretrained-path FILE) or train from scratch: --recipe folder-scratch "
+                          f"(or --no-pretrained)") from error
+    model = model.to(env.device)
+    return model.to(memory_format=torch.channels_last) if args.channels_last else model
 
 
 def init_prototypes(model, train_set, env: Distributed, seed: int, args, num_images: int = 64) -> None:
@@ -443,6 +481,8 @@ def init_prototypes(model, train_set, env: Distributed, seed: int, args, num_ima
     torch.set_rng_state(rng)
     try:
         timm_gsp.init_prototypes_kcenter(model, images.to(env.device), seed=seed)
+    except ConfigError:
+        raise  # a setting of the pool itself (a --gsp-border wider than the map): its message says which
     except ValueError as error:
         raise ConfigError(f"{error}: the local features of {len(images)} training images at this input size are "
                           f"fewer than --num-prototypes {args.num_prototypes}; lower --num-prototypes, raise --img-size, "
@@ -510,22 +550,26 @@ def batch_composition(args) -> str:
     return f"{args.batch_size // args.m_per_class} classes x {args.m_per_class}"
 
 
-def describe_run(args, optimizer, transforms, train_set, eval_splits, embed_size: int) -> str:
-    """What the run is about to do, for the first lines of its log."""
+def describe_run(args, optimizer, transforms, train_set, eval_splits, embed_size: int,
+                 weights: Optional[Dict[str, str]] = None) -> str:
+    """What the run is about to do, for the first lines of its log; ``weights``: the pretrained-weights
+    file it started from (``pretrained_weights_record``), named by file name and short content hash."""
     # the schedule's peak rates (initial_lr), not the first step's: a warm-up starts below them
     lrs = ", ".join(f"{g['name']} {g.get('initial_lr', g['lr']):g}" for g in optimizer.param_groups)
     if args.warmup_epochs:
         lrs += f" (after {args.warmup_epochs:g} warm-up epoch{'s' if args.warmup_epochs != 1 else ''})"
-    spec = pool_spec(POOLS[args.pool], args.num_prototypes, args.transport_ratio, args.gamma)
+    spec = model_description(args).pool
     pool = args.pool if spec == args.pool else f"{args.pool} ({spec})"
     embedding = f"embedding {embed_size}" if args.embed_dim else f"no embedding layer (the {embed_size}-d pooled features)"
     zsr = f" + ZSR {args.zsr_weight:g}" if args.pool == "gsp" and args.zsr_weight else ""
     evals = ", ".join(f"{name} {len(s)} images / {s.num_classes} classes" for name, s in eval_splits.items())
     train_tf, eval_tf = transforms
     steps = lambda tf: " -> ".join(" ".join(repr(t).split()) for t in getattr(tf, "transforms", [tf]))  # noqa: E731
+    start = f"pretrained: {weights['file']} sha256:{weights['sha256'][:12]}" if weights else \
+        "pretrained" if args.pretrained else "from scratch"
     return "\n".join([
         f"recipe {args.recipe} ({recipe_path(args.recipe)})",
-        f"model {args.model}{' (pretrained)' if args.pretrained else ' (from scratch)'} {dict(args.model_kwargs) or ''}, "
+        f"model {args.model} ({start}) {dict(args.model_kwargs) or ''}, "
         f"pool {pool}, {embedding}",
         f"data {args.dataset} {args.data_dir or ''}: train {len(train_set)} images / {train_set.num_classes} classes; eval {evals}",
         f"loss {args.loss}{zsr}; {args.opt} learning rates: {lrs}; weight decay {args.weight_decay:g}; "
@@ -639,15 +683,18 @@ def check_data_dir(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace, env: Distributed) -> Dict[str, Any]:
     check_data_dir(args)
+    # which weights the run starts from, by content (a resumed run keeps its start's, below)
+    weights = pretrained_weights_record(args.pretrained_path) if args.pretrained_path and not args.resume else None
     output = prepare_output(args, env)
     resume = None
     if args.resume:
         resume = (output / "checkpoint") if args.resume == "auto" else Path(args.resume)
         model_state, state = load_checkpoint(resume, map_location=str(env.device))
         check_resume_settings(args, state["config"], resume)
+        weights = state.get("pretrained_weights")
     seed_everything(args.seed)
     started = time.time()
-    model = build_model(args, env)
+    model = build_model(args, env, resuming=resume is not None)
     train_set, loader, sampler, eval_splits, eval_data_config, transforms = build_data(args, model, env)
     description = model_description(args, eval_data_config)
     embed_size = embedding_size(args, model, eval_data_config)
@@ -673,7 +720,7 @@ def _train(args: argparse.Namespace, env: Distributed) -> Dict[str, Any]:
     elif args.pool == "gsp" and args.prototype_init == "kcenter":
         init_prototypes(model, train_set, env, args.seed, args)
     if env.is_main:
-        print(describe_run(args, optimizer, transforms, train_set, eval_splits, embed_size), flush=True)
+        print(describe_run(args, optimizer, transforms, train_set, eval_splits, embed_size, weights), flush=True)
         if resume is not None:
             print(f"resumed from {resume} at epoch {start_epoch + 1}", flush=True)
 
@@ -691,6 +738,8 @@ def _train(args: argparse.Namespace, env: Distributed) -> Dict[str, Any]:
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not env.is_main or args.no_progress)
         for images, labels in bar:
             images, labels = images.to(env.device, non_blocking=True), labels.to(env.device, non_blocking=True)
+            if args.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             with autocast():
                 embeddings = net(images)
             loss = criterion(embeddings.float(), labels)
@@ -725,7 +774,8 @@ def _train(args: argparse.Namespace, env: Distributed) -> Dict[str, Any]:
                 print(not_learning_warning(check), file=sys.stderr, flush=True)
             state = {"epoch": epoch, "criterion": criterion.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": {"num_updates": num_updates}, "scaler": scaler.state_dict(), "sampler": sampler.state_dict(),
-                     "rng": rng_states, "history": history, "best": best, "config": vars(args)}
+                     "rng": rng_states, "history": history, "best": best, "config": vars(args),
+                     "pretrained_weights": weights}
             save_checkpoint(output / "checkpoint", model.state_dict(), state, model_config=description)
             if improved:
                 save_checkpoint(output / "checkpoint-best", model.state_dict(), {"epoch": epoch, "best": best, "config": vars(args)},
@@ -744,8 +794,9 @@ def _train(args: argparse.Namespace, env: Distributed) -> Dict[str, Any]:
         model=description, metrics=reported, dataset=args.dataset,
         dataset_root=str(Path(args.data_dir).resolve()) if args.data_dir else None, eval_split="+".join(eval_splits),
         checkpoint="checkpoint-best" if selected else "checkpoint", best_epoch=best["epoch"] if selected else None,
-        epochs=args.epochs, recipe=json.loads(json.dumps(vars(args))), world_size=env.world_size,
-        wall_time_s=time.time() - started, timm_gsp_version=timm_gsp.__version__, learning_check=check)
+        epochs=args.epochs, recipe=json.loads(json.dumps(recorded_settings(args))), world_size=env.world_size,
+        wall_time_s=time.time() - started, timm_gsp_version=timm_gsp.__version__, learning_check=check,
+        pretrained_weights=weights)
     if env.is_main:
         results.write(output / "results.json")
         plot_metrics(history, output / "metrics.png")
@@ -759,6 +810,15 @@ def _train(args: argparse.Namespace, env: Distributed) -> Dict[str, Any]:
         if check and check["not_learning"]:
             print(not_learning_warning(check), file=sys.stderr, flush=True)
     return results.to_dict()
+
+
+def recorded_settings(args: argparse.Namespace) -> Dict[str, Any]:
+    """The settings results.json records: every flag, the weights file by name only (``pretrained_weights``
+    names it by content; its folder is this machine's business)."""
+    settings = dict(vars(args))
+    if settings.get("pretrained_path"):
+        settings["pretrained_path"] = Path(settings["pretrained_path"]).name
+    return settings
 
 
 def write_lines(path: Path, lines: List[str]) -> None:

@@ -5,6 +5,7 @@ Each family is written for real (a few classes x a few images) and read back wit
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import subprocess
 import sys
@@ -131,8 +132,39 @@ def test_fashion_box_covers_the_small_tinted_item():
         x0, y0, x1, y1 = box
         sides.append(max(x1 - x0, y1 - y0))
         colours.append(np.asarray(image)[y0:y1, x0:x1].reshape(-1, 3).mean(0))
-    assert 12 <= min(sides) and max(sides) <= 45  # small: about 20-34 px (rotation widens the box)
+    assert 20 <= min(sides) and max(sides) <= 48  # small: about 27-38 px (rotation widens the box)
     assert np.ptp(np.stack(colours), axis=0).max() > 30  # the tint changes from image to image
+
+
+@needs_fashion
+def test_fashion_class_item_keeps_its_class_colour_and_only_the_class_item():
+    """Version 2: the class item's colour is drawn per class (jittered per image), so two images of a
+    class agree in it and two classes differ; the distractors stay randomly tinted."""
+    config, photos, items = fashion.FashionConfig(), photo_pool(), fashion.load_fashion_mnist()
+    chosen, pool = fashion.class_items(config, len(items.images))
+
+    def item_colours(class_id):
+        colours = []
+        for index in range(4):
+            rng = np.random.default_rng([7, class_id, index])
+            image, box = fashion.render_fashion(config, photos, items, int(chosen[class_id]), pool, rng,
+                                                fashion.class_tint(config, class_id))
+            before = np.asarray(fashion.distractor_scene(config, photos, items, pool, np.random.default_rng([7, class_id, index])))
+            changed = np.abs(np.asarray(image, np.int16) - before).sum(-1) > 0  # the class item's own pixels
+            colours.append(np.asarray(image)[changed].mean(0) / np.asarray(image)[changed].mean())  # chromaticity
+        return np.stack(colours)
+
+    chroma = {k: fashion.class_tint(config, k) / fashion.class_tint(config, k).mean() for k in range(10)}
+    # two classes of clearly different colours (many classes share a similar one, by design)
+    a, b = max(itertools.combinations(chroma, 2), key=lambda pair: np.abs(chroma[pair[0]] - chroma[pair[1]]).max())
+    for class_id, own, other in ((a, chroma[a], chroma[b]), (b, chroma[b], chroma[a])):
+        colours = item_colours(class_id)
+        assert np.ptp(colours, axis=0).max() < 0.15  # one colour for the class, jittered a little
+        # each image's item is nearer its own class's colour than the other class's
+        assert (np.abs(colours - own).sum(1) < np.abs(colours - other).sum(1)).all()
+    np.testing.assert_array_equal(fashion.class_tint(config, 3), fashion.class_tint(config, 3))
+    with pytest.raises(ValueError, match="colour_jitter"):
+        fashion.FashionConfig(colour_jitter=1.5)
 
 
 @needs_fashion

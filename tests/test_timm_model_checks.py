@@ -36,6 +36,7 @@ FAMILIES = [
     ("Eva", "eva02_tiny_patch14_224", dict(SMALL_TOKEN, img_size=56), 56),
     ("Beit", "beit_base_patch16_224", dict(SMALL_TOKEN, img_size=64), 64),
     ("ClNormMlpClassifierHead (Hiera)", "hiera_tiny_224", {"stages": (1, 1, 1, 1)}, 224),
+    ("ClassifierHead NCHW (timm_gsp's PlainCNN)", "plain_cnn6", {"channels": (8, 16, 16)}, 64),
 ]
 IDS = [f[1] for f in FAMILIES]
 # timm's own limits (its EXCLUDE_JIT_FILTERS / FX exclusions): the plain model cannot be scripted or traced either.

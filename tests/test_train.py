@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 from torchvision import transforms as T
 
+import timm_gsp
 from timm_gsp import RetrievalModelConfig
 from timm_gsp.data import build_dataset, build_eval_transform
 from timm_gsp.evaluate import evaluate_retrieval
@@ -135,6 +136,7 @@ def test_second_run_into_the_same_output_is_refused(tmp_path, capsys):
     (["--num-prototypes", "0"], "num-prototypes"),
     (["--zsr-wieght", "0.1"], "unrecognized arguments: --zsr-wieght 0.1"),  # a typo: no screen of usage first
     (["--recipe", "folder_scratch"], "--recipe takes one of"),
+    (["--gsp-border", "-1"], "border"),
 ])
 def test_bad_settings_are_one_line_errors(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -202,7 +204,6 @@ def _random_resized_crop(tf):
 
 
 def test_recipes_and_flags_reach_the_transforms(tmp_path):
-    import timm_gsp
     root = make_folder_tree(tmp_path / "data", num_classes=4, per_class=4)
     model = timm_gsp.create_model("test_resnet", embed_dim=8, num_prototypes=4)
 
@@ -291,6 +292,23 @@ def test_random_batches_pool_and_embedding_are_said_at_start(tmp_path, capsys):
     assert "batch 4 (2 classes x 2)" in out and "pool gap (avg), embedding 8" in out
 
 
+def test_gsp_border_reaches_the_pool_and_the_saved_description(tmp_path, capsys):
+    root = make_folder_tree(tmp_path / "data", num_classes=4, per_class=4)
+    output = run_train(tmp_path / "run", "--dataset", "folder", "--data-dir", str(root), "--epochs", "1", "--gsp-border", "1",
+                       "--channels-last", "--model-kwargs", "output_stride=8")  # a 4 x 4 map: 2 x 2 inside the border
+    assert "border=1" in capsys.readouterr().out
+    description = read_results(output / "results.json").model
+    assert "border=1" in description.pool
+    model = description.build()
+    model.load_state_dict(load_file(str(output / "checkpoint" / "model.safetensors")))
+    (_, pool), = timm_gsp.gsp_modules(model)
+    assert pool.border == 1
+    run_train(tmp_path / "wide", "--dataset", "folder", "--data-dir", str(root), "--epochs", "1", "--gsp-border", "2",
+              "--model-kwargs", "output_stride=8", expect=1)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "border=2 leaves no cell of a 4x4 feature grid" in err[0] and "fewer" not in err[0], err
+
+
 def test_random_batches_with_the_zero_shot_regulariser_are_a_one_line_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_script.parse_args(["--recipe", "folder-scratch", "--m-per-class", "0", "--zsr-weight", "0.1"])
@@ -318,7 +336,6 @@ def test_without_an_embedding_layer_the_proxies_take_the_pooled_width(tmp_path, 
 
 
 def test_gem_exponent_learns_at_the_head_rate_not_the_pretrained_backbones():
-    import timm_gsp
     args = train_script.parse_args(["--recipe", "folder", "--pool", "gem", "--lr", "0.01", "--backbone-lr", "0.0001"])
     model = timm_gsp.create_model("test_resnet", embed_dim=8, pool="gem")
     exponents = [p for name, p in model.named_parameters() if name.endswith("pool.p")]

@@ -1,7 +1,9 @@
 """timm-gsp: Generalized Sum Pooling (Gurbuz et al., ICCV 2023) as a first-class timm global pool.
 
 ``import timm_gsp`` registers ``global_pool="gsp"`` (or ``"gsp:num_prototypes=..,transport_ratio=..,
-gamma=.."``) with timm; the call is idempotent.
+gamma=.."``) with timm; the call is idempotent. It also registers ``plain_cnn6`` (:mod:`.plain_cnn`), the
+small full-resolution CNN that the from-scratch training recipe uses, so a saved one reloads through
+plain ``timm.create_model``.
 
 The core (the layer, its solver, the timm seam, the factory and its baseline pools, the loss, the
 model description) loads with the package; the metric and the tools (``model_sources``, ``hub``,
@@ -25,6 +27,7 @@ register()
 from .factory import GSPRetrievalNet, convert, create_model, init_prototypes_kcenter  # noqa: E402 (needs the hooks)
 from .losses import GSPMetricLoss, ZeroShotLoss  # noqa: E402
 from .model_config import RetrievalModelConfig  # noqa: E402
+from . import plain_cnn  # noqa: E402,F401 (registers the plain_cnn* models with timm)
 
 __version__ = "0.2.0"
 

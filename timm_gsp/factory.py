@@ -13,30 +13,41 @@ Baseline pools (``spec.BASELINE_POOLS``) take the same two routes: timm's own ty
 ``avgmax``, ``catavgmax``) go native where the family's head builds them, else wrapped (a token model's
 ``catavgmax``); ``gem`` is not a timm pool, so GeM models are always wrapped. ``embed_dim=0`` keeps
 no embedding layer: the pooled vector is the embedding.
+
+``pretrained_path`` gives the backbone's pretrained weights as a file (machines without network): timm
+loads it itself (``pretrained_cfg_overlay=dict(file=...)``), so its published weights and a file are
+adapted alike; a file that is missing, unreadable or of another architecture is a ``ConfigError``.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Any, Dict, Optional, Union
+import logging
+import pickle
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional, Union
 
 import torch
 import torch.nn as nn
 
 import timm
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from safetensors import SafetensorError
+from timm.models import build_model_with_cfg, generate_default_cfgs, load_state_dict, register_model
 
 from .baseline_pools import create_baseline_pool, pooled_width
 from .errors import ConfigError, GSPUnsupportedModelError
 from .pooling import GeneralizedSumPool, capture_transport, gsp_modules
 from .spec import BASELINE_POOLS, GSP_DEFAULTS, is_gsp_spec, parse_gsp_spec, pool_spec
-from .timm_plugin import model_input_size, size_lazy_pools
-from .utils import dry_forward, eval_mode
+from .timm_plugin import HUB_PREFIXES, LOCAL_DIR_PREFIX, model_input_size, pretrained_mismatches, size_lazy_pools
+from .utils import PathLike, dry_forward, eval_mode
 
 # pool_spec and BASELINE_POOLS live in spec (the pool string's home); named here for older callers
 __all__ = ["create_model", "convert", "GSPRetrievalNet", "init_prototypes_kcenter", "pool_spec", "BASELINE_POOLS"]
 
 _WRAPPED_ONLY_POOLS = ("gem",)  # not timm pool types: no family's head builds them
 _CHECKED_POOLS = ("avgmax", "catavgmax")  # timm types some heads take but do not build (checked after the build)
+_PRETRAINED_FILE = "pass a timm checkpoint file (.safetensors, or a torch .pth/.pt/.bin state dict)"
+_SHOWN_MISMATCHES = 3  # a file of another architecture differs in hundreds of keys: the first few say it
 
 
 def _pools_natively(model: nn.Module, pool: str, img_size: Any = None, in_chans: Optional[int] = None) -> bool:
@@ -67,6 +78,72 @@ def _check_embed_dim(embed_dim: int) -> None:
         raise ConfigError(f"embed_dim must be an integer >= 0, got {embed_dim!r}")
 
 
+def _read_pretrained_file(path: Path) -> Dict[str, torch.Tensor]:
+    """The state dict in a pretrained-weights file, read by timm's own reader (the one its pretrained
+    loading uses: safetensors by extension, else a torch file, under a ``state_dict`` / ``model`` key
+    if there is one). A missing or unreadable file is a ``ConfigError`` naming it."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: {'a folder, not a file' if path.is_dir() else 'no such file'}; {_PRETRAINED_FILE}")
+    try:
+        state_dict = load_state_dict(str(path))
+    except (SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError, OSError) as error:  # bad bytes, no access
+        # the reader's first sentence: torch's goes on with advice for trusted pickles, not for this file
+        detail = str(error).splitlines()[0].split(". ")[0] if str(error) else "empty or truncated"
+        raise ConfigError(f"{path}: not a readable checkpoint ({type(error).__name__}: {detail}); {_PRETRAINED_FILE}") from None
+    if not state_dict or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ConfigError(f"{path}: holds no state dict of tensors; {_PRETRAINED_FILE}")
+    return state_dict
+
+
+def _check_fit(model: nn.Module, state_dict: Dict[str, torch.Tensor], path: Path, model_name: str,
+               shapes: bool = True) -> None:
+    """A ``ConfigError`` naming the first mismatches (``timm_plugin.pretrained_mismatches``) when the
+    file does not fit the model."""
+    mismatches = pretrained_mismatches(model, state_dict, shapes=shapes)
+    if mismatches:
+        more = len(mismatches) - _SHOWN_MISMATCHES
+        raise ConfigError(f"{path} does not fit {model_name}: {'; '.join(mismatches[:_SHOWN_MISMATCHES])}"
+                          f"{f' (and {more} more)' if more > 0 else ''}; the file must be a timm checkpoint of the "
+                          f"{model_name} architecture")
+
+
+@contextlib.contextmanager
+def _quiet_timm() -> Iterator[None]:
+    """timm's warnings muted: after loading a file, timm logs the keys it could not place (a screen of
+    names), which ``_check_fit`` reports as one line instead."""
+    logger = logging.getLogger("timm")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _create_timm_model(model_name: str, pretrained: bool, pretrained_path: Optional[PathLike], **kwargs: Any) -> nn.Module:
+    """``timm.create_model``; with ``pretrained_path``, the pretrained weights come from that file, loaded
+    by timm itself (``pretrained_cfg_overlay=dict(file=...)``), so timm adapts them as it adapts its
+    published weights (classifier dropped for another ``num_classes``, first conv for other ``in_chans``).
+    The file is checked against the model: timm loads non-strictly once it has dropped the classifier,
+    and would take a checkpoint of another architecture without a word when no tensor shapes collide."""
+    if pretrained_path is None:
+        return timm.create_model(model_name, pretrained=pretrained, **kwargs)
+    if model_name.startswith((*HUB_PREFIXES, LOCAL_DIR_PREFIX)):
+        raise ConfigError(f"{pretrained_path}: the model {model_name} names published weights, which timm would load "
+                          f"instead of the file; pass a timm architecture name (e.g. resnet50)")
+    path = Path(pretrained_path).expanduser()
+    state_dict = _read_pretrained_file(path)
+    overlay = {**(kwargs.pop("pretrained_cfg_overlay", None) or {}), "file": str(path)}
+    try:
+        with _quiet_timm():
+            model = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    except RuntimeError:  # torch's load refused a key or a shape: name them, on a model built without weights
+        _check_fit(timm.create_model(model_name, pretrained=False, **kwargs), state_dict, path, model_name)
+        raise  # the file fits: the failure is not about it
+    _check_fit(model, state_dict, path, model_name, shapes=False)
+    return model
+
+
 def create_model(
         model_name: str,
         pretrained: bool = False,
@@ -75,6 +152,7 @@ def create_model(
         num_prototypes: int = GSP_DEFAULTS["num_prototypes"],
         transport_ratio: float = GSP_DEFAULTS["transport_ratio"],
         gamma: float = GSP_DEFAULTS["gamma"],
+        pretrained_path: Optional[PathLike] = None,
         **kwargs: Any,
 ) -> nn.Module:
     """A timm model with GSP (or another pool, for baselines) and an embedding layer.
@@ -86,21 +164,32 @@ def create_model(
         pool: 'gsp', a full 'gsp:...' spec, or a baseline pool (``spec.BASELINE_POOLS``: 'avg', 'max',
             'avgmax', 'catavgmax', 'gem').
         num_prototypes, transport_ratio, gamma: GSP hyper-parameters (when ``pool='gsp'``).
+        pretrained_path: the backbone's pretrained weights from this timm checkpoint file (safetensors, or
+            a torch file holding a state dict) instead of timm's download; implies ``pretrained``. timm
+            loads it as it loads its own weights (classifier dropped, first conv adapted, ...). The
+            path is an input of this build only: no description or saved config records it.
         **kwargs: passed to ``timm.create_model`` (drop_path_rate, img_size, output_stride, ...).
 
     Returns:
         model with ``forward(images (B, 3, H, W)) -> (B, embed_dim)``.
+
+    Raises:
+        ConfigError: ``pretrained_path`` is missing, a folder, unreadable, or does not fit the
+            architecture (the message names the first mismatching keys and shapes). One type for
+            every problem with the file, a missing one included.
     """
     _check_embed_dim(embed_dim)
     global_pool = pool_spec(pool, num_prototypes, transport_ratio, gamma)
 
     def wrapped() -> GSPRetrievalNet:
-        return GSPRetrievalNet(model_name, embed_dim, global_pool, backbone_pretrained=pretrained, backbone_args=kwargs)
+        backbone = _create_timm_model(model_name, pretrained, pretrained_path, num_classes=0, **kwargs)
+        return GSPRetrievalNet(backbone, embed_dim, global_pool, backbone_args=kwargs)
 
     if global_pool in _WRAPPED_ONLY_POOLS:
         return wrapped()
     try:
-        model = timm.create_model(model_name, pretrained=pretrained, num_classes=embed_dim, global_pool=global_pool, **kwargs)
+        model = _create_timm_model(model_name, pretrained, pretrained_path, num_classes=embed_dim,
+                                   global_pool=global_pool, **kwargs)
     except GSPUnsupportedModelError:
         return wrapped()
     except AssertionError:

@@ -61,7 +61,8 @@ DATASET_NAMES = {
 # Keys of ``timm_gsp.metrics.RetrievalMetrics.compute()`` -> the field's names for them.
 _FIXED_METRIC_NAMES = {"precision_at_1": "P@1", "r_precision": "R-Precision", "map_at_r": "MAP@R"}
 # Recipe keys left out of a public card: local paths and switches that say nothing about the recipe.
-_PRIVATE_RUN_KEYS = frozenset({"data_dir", "root", "output", "resume", "checkpoint", "workers", "no_progress"})
+_PRIVATE_RUN_KEYS = frozenset({"data_dir", "root", "output", "resume", "checkpoint", "workers", "no_progress",
+                               "pretrained_path"})
 # What a baseline pool does, for people.
 _BASELINE_NAMES = {"avg": "average", "max": "max", "avgmax": "average + max (their mean)",
                    "catavgmax": "average and max (concatenated)", "gem": "generalized-mean (GeM)"}

@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from .errors import ConfigError
 from .spec import parse_gsp_spec, pool_spec
+from .utils import PathLike
 
 __all__ = [
     "DATA_CONFIG_KEYS",
@@ -148,12 +149,15 @@ class RetrievalModelConfig:
         size = self.data_config.get("input_size")
         return parse_input_size(size) if size else None
 
-    def build(self, pretrained: bool = False) -> nn.Module:
-        """The model (``timm_gsp.create_model``), freshly initialised or with the backbone's pretrained weights."""
+    def build(self, pretrained: bool = False, pretrained_path: Optional[PathLike] = None) -> nn.Module:
+        """The model (``timm_gsp.create_model``), freshly initialised or with the backbone's pretrained
+        weights: timm's, or those of the checkpoint file ``pretrained_path`` (which implies ``pretrained``).
+        The file is an input of this build, never a field: a description travels to other machines
+        (``config.json`` on the Hub), where the path means nothing."""
         from .factory import create_model
 
         return create_model(self.model_name, pretrained=pretrained, embed_dim=self.embed_dim, pool=self.pool,
-                            **dict(self.model_kwargs))
+                            pretrained_path=pretrained_path, **dict(self.model_kwargs))
 
     # --- the stored forms: model_config.json / results.json / config.json["timm_gsp"] ---------------
 

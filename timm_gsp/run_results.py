@@ -7,10 +7,15 @@ model card. It names the model by its ``RetrievalModelConfig`` (never by a scrip
     {"format": "timm-gsp/results/1", "model": {...}, "metrics": {"precision_at_1": 0.31, ...},
      "dataset": "folder", "dataset_root": "/abs/path", "eval_split": "test", "checkpoint": "checkpoint-best", "best_epoch": 12,
      "epochs": 20, "recipe": {...}, "world_size": 1, "wall_time_s": 93.1, "timm_gsp_version": "0.2.0",
-     "learning_check": {"not_learning": false, "first_epoch_loss": 0.61, ...}}
+     "learning_check": {"not_learning": false, "first_epoch_loss": 0.61, ...},
+     "pretrained_weights": {"file": "resnet50_a1.safetensors", "sha256": "1a2b3c..."}}
 
 ``learning_check`` (training runs of two or more epochs): whether the run learnt, with the numbers
 ``examples/train.py`` judged it on; null when it was not judged.
+
+``pretrained_weights``: the checkpoint file the backbone started from (``--pretrained-path``), by its
+name and the sha256 of its content (``pretrained_weights_record``), never by the machine's path; null
+for timm's own weights or none. Files written before the field existed load with null.
 
 Metrics that could not be computed (no query with a same-class gallery item) are ``null``, never NaN:
 JSON has no NaN.
@@ -25,9 +30,9 @@ from typing import Any, Dict, Mapping, Optional
 
 from .errors import ConfigError
 from .model_config import RetrievalModelConfig
-from .utils import PathLike, read_json_object, write_file_atomic
+from .utils import PathLike, file_sha256, read_json_object, write_file_atomic
 
-__all__ = ["RESULTS_FORMAT", "RunResults", "read_results", "write_json_atomic"]
+__all__ = ["RESULTS_FORMAT", "RunResults", "pretrained_weights_record", "read_results", "write_json_atomic"]
 
 RESULTS_FORMAT = "timm-gsp/results/1"
 
@@ -49,6 +54,7 @@ class RunResults:
     wall_time_s: Optional[float] = None
     timm_gsp_version: Optional[str] = None
     learning_check: Optional[Dict[str, Any]] = None
+    pretrained_weights: Optional[Dict[str, str]] = None
 
     def __post_init__(self) -> None:
         metrics = {}
@@ -86,6 +92,12 @@ class RunResults:
         if kwargs.get("model") is not None:
             kwargs["model"] = RetrievalModelConfig.from_dict(kwargs["model"], f"{source} (model)")
         return cls(**kwargs)
+
+
+def pretrained_weights_record(path: PathLike) -> Dict[str, str]:
+    """``{"file": name, "sha256": hex digest}`` of a pretrained-weights file: which weights a run
+    started from, checkable with ``sha256sum`` on any machine, whatever the file is called there."""
+    return {"file": Path(path).name, "sha256": file_sha256(path)}
 
 
 def read_results(path: PathLike) -> RunResults:

@@ -39,14 +39,20 @@ reconstruction arguments to ``save_for_hf`` explicitly, so older releases save t
 Token models put their final norm where GSP needs it, on every token before pooling: checkpoints
 that store it as ``fc_norm`` (Eva, BEiT, ViT 'avg' variants) and those that store it as ``norm``
 ('token' ViTs) both load strictly, the norm mapped to whichever of the two the model holds.
+
+``pretrained_mismatches`` says how a checkpoint file does not fit a model by the rules of timm's
+pretrained loading (its classifier dropped for another ``num_classes``): timm loads a file
+non-strictly once it has dropped the classifier, so a checkpoint of another architecture whose
+tensor shapes never collide would load without a word.
 """
 from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import re
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch.nn as nn
 
@@ -66,7 +72,7 @@ from .spec import is_gsp_spec, parse_gsp_spec
 from .utils import dry_forward
 
 __all__ = ["register", "SUPPORTED_TIMM_VERSIONS", "HUB_PREFIXES", "LOCAL_DIR_PREFIX", "LOCAL_DIR_SINCE", "model_input_size",
-           "save_for_hf", "size_lazy_pools", "timm_version", "TOKEN_MODELS"]
+           "pretrained_mismatches", "save_for_hf", "size_lazy_pools", "timm_version", "TOKEN_MODELS"]
 
 # [low, high): the seam is tested on both ends (CI runs the plugin tests on the oldest and the newest).
 SUPPORTED_TIMM_VERSIONS = ((1, 0, 15), (2, 0, 0))
@@ -226,6 +232,36 @@ def _register_norm_remap(model: nn.Module) -> None:
     else:
         model._register_load_state_dict_pre_hook(_NormRemap(), with_module=True)
     model._timm_gsp_norm_remap = True
+
+
+def pretrained_mismatches(model: nn.Module, state_dict: Mapping[str, Any], shapes: bool = True) -> List[str]:
+    """How a timm checkpoint's ``state_dict`` does not fit ``model`` as timm loads pretrained weights, one
+    phrase per key (``conv1.weight: (64, 3, 7, 7) in the file, (32, 3, 3, 3) in the model``, ``missing
+    bn1.weight``, ``unexpected head.weight``), the three kinds taken in turn (so the first few show each
+    kind there is); empty when it fits.
+
+    Not counted, as timm and torch do not count them: the classifier (``pretrained_cfg["classifier"]``)
+    when timm drops it (the model's ``num_classes`` differs from the ``pretrained_cfg``'s), GSP pools'
+    parameters (new in a backbone checkpoint) and batch-norm ``num_batches_tracked`` counters (torch
+    fills them in). A GSP token model's final norm matches under either name (``_NormRemap``).
+    ``shapes=False`` compares names only: after a load that succeeded, a shape that differs is one
+    timm adapted (a first conv for other ``in_chans``, a resampled position embedding)."""
+    stored, held = dict(state_dict), dict(model.state_dict())
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    classifiers = cfg.get("classifier")
+    if classifiers and getattr(model, "num_classes", None) != cfg.get("num_classes"):
+        for name in (classifiers,) if isinstance(classifiers, str) else classifiers:
+            for key in (f"{name}.weight", f"{name}.bias"):
+                stored.pop(key, None)
+                held.pop(key, None)
+    new = {f"{name}.{key}" for name, pool in gsp_modules(model) for key in pool.state_dict()}
+    _NormRemap()(model, stored, "")
+    counter = "num_batches_tracked"
+    missing = [f"missing {k}" for k in held if k not in stored and k not in new and not k.endswith(counter)]
+    unexpected = [f"unexpected {k}" for k in stored if k not in held and not k.endswith(counter)]
+    resized = [f"{k}: {tuple(stored[k].shape)} in the file, {tuple(held[k].shape)} in the model"
+               for k in held if shapes and k in stored and k not in new and tuple(stored[k].shape) != tuple(held[k].shape)]
+    return [phrase for group in itertools.zip_longest(resized, missing, unexpected) for phrase in group if phrase]
 
 
 # --- ClNormMlpClassifierHead (Hiera, MambaOut, ...): pools inline on NHWC / NLC ----------------

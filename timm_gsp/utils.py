@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import uuid
@@ -13,8 +14,8 @@ import torch.nn as nn
 
 from .errors import ConfigError
 
-__all__ = ["PathLike", "dry_forward", "eval_mode", "fsync_path", "give_plain_file_mode", "read_json_object",
-           "world_size_and_rank", "write_file_atomic"]
+__all__ = ["PathLike", "dry_forward", "eval_mode", "file_sha256", "fsync_path", "give_plain_file_mode",
+           "read_json_object", "world_size_and_rank", "write_file_atomic"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -108,3 +109,14 @@ def read_json_object(path: PathLike) -> Dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {type(value).__name__}")
     return value
+
+
+def file_sha256(path: PathLike, chunk_size: int = 1 << 20) -> str:
+    """The sha256 hex digest of a file's content. It names a file by what it holds, the same on every
+    machine and under any name (provenance without the machine's path); read in chunks, so a large
+    checkpoint is never held in memory for it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -5,8 +5,8 @@ Three structurally different families, each a pure function of its frozen config
 * ``scenes`` (:mod:`timm_gsp.data.scenes`): one class-specific blob sticker (duotone photo fill) on
   real-photo clutter, anywhere, 26-40 px across on 96 px;
 * ``fashion`` (:mod:`timm_gsp.data.fashion`): one specific real Fashion-MNIST item per class (an
-  instance, so classes are fine-grained), small (20-34 px), randomly tinted, among 3-6 other
-  Fashion-MNIST items on dulled photo clutter;
+  instance, so classes are fine-grained), small (27-38 px), in its class's colour, among 2-4 other
+  randomly tinted Fashion-MNIST items on dulled photo clutter;
 * ``collage`` (:mod:`timm_gsp.data.collage`): a 3 x 3 mosaic of 32 px tiles, one holding the class
   glyph, the other eight textured nuisance.
 

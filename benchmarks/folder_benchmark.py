@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""The from-scratch folder benchmark: GSP against timm's pools and GeM on three generated families.
+
+Each family (``timm_gsp.data.generated``: ``scenes``, ``fashion``, ``collage``; 200 classes x 20 images of
+96 px) is written to an image folder and trained with ``examples/train.py --dataset folder --data-dir D
+--recipe folder-scratch``, only the pooling changed; the folder dataset's own rule splits the classes (the
+first 100 train, the other 100 test) and the metrics are on the 100 test classes, which no recipe trial
+read (``benchmarks/folder_recipe_search.py`` used validation classes carved from the training half).
+``--generator-seed 1`` writes other folders of the same families (other classes, other images) for the
+check on data the search never saw at all. For GSP runs the script also measures the share of pooling
+weight on the class object's box, next to the box's share of the image (the weight GAP gives it).
+
+Outputs (``benchmarks/results/``): ``folder_<family>[_g<seed>]_results.{json,md}``, ``..._metrics.png``,
+``..._weight_maps.png`` and ``..._preview.png`` (images of a training and a test class, objects boxed). Finished runs are reused; ``--force`` redoes them.
+
+    python benchmarks/folder_benchmark.py --family fashion --jobs 2                   # 6 pools x 3 seeds
+    python benchmarks/folder_benchmark.py --family scenes --methods gap gsp --seeds 0 1 2 --jobs 2
+    python benchmarks/folder_benchmark.py --family collage --report-only
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from timm_gsp.data.generated import write_preview
+
+from _runs import RESULTS, ROOT, collect_methods, gsp_weight_maps, method_rows, paired_rows, plot_summary, train_run
+
+FAMILIES = ("scenes", "fashion", "collage")
+METHODS = {  # name -> (label, flags); everything else comes from the folder-scratch recipe
+    "gap": ("GAP (timm global_pool='avg')", ["--pool", "gap"]),
+    "max": ("Max (timm global_pool='max')", ["--pool", "max"]),
+    "avgmax": ("AvgMax (timm 'avgmax')", ["--pool", "avgmax"]),
+    "catavgmax": ("CatAvgMax (timm 'catavgmax')", ["--pool", "catavgmax"]),
+    "gem": ("GeM (p learned from 3)", ["--pool", "gem"]),
+    "gsp": ("GSP", ["--pool", "gsp"]),
+}
+SPEED = ["--workers", "0", "--cache-images"]  # small folders: decode once, no loader processes beside the jobs
+
+
+def family_root(family: str, generator_seed: int) -> Path:
+    """The family's folder for ``generator_seed``, written on first use into the dataset cache (one folder
+    per generator version, so a changed generator never meets an old folder)."""
+    from timm_gsp.data import default_cache_root
+    from timm_gsp.data.generated import default_config, write_family
+    version = importlib.import_module(f"timm_gsp.data.{family}").GENERATOR_VERSION
+    root = default_cache_root() / f"{family}-s{generator_seed}-v{version}"
+    return write_family(family, root, default_config(family, seed=generator_seed), progress=False)
+
+
+def test_batches(model, results, root: Path, batch_size: int = 200):
+    """(images, normalised object boxes) of the test classes, under the run's evaluation transform."""
+    from timm_gsp.data import build_dataset, build_eval_transform
+    from timm_gsp.data.generated import read_boxes, read_meta
+    dataset = build_dataset("folder", root, "test", build_eval_transform(results.model.data_config))
+    side = read_meta(root)["config"]["image_size"]
+    boxes = read_boxes(root)
+    keys = [Path(p).relative_to(root).as_posix() for p in dataset.samples]
+    for start in range(0, len(dataset), batch_size):
+        index = range(start, min(start + batch_size, len(dataset)))
+        images = torch.stack([dataset[i][0] for i in index])
+        yield images, torch.tensor([boxes[keys[i]] for i in index], dtype=torch.float32) / side
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--family", choices=FAMILIES, required=True)
+    p.add_argument("--generator-seed", type=int, default=0, help="0: the search's folders (test classes); 1: other folders")
+    p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    p.add_argument("--jobs", type=int, default=1, help="runs side by side (one thread each when > 1)")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--report-only", action="store_true", help="collect the runs that exist, train nothing")
+    a = p.parse_args()
+    name = f"folder_{a.family}" + (f"_g{a.generator_seed}" if a.generator_seed else "")
+    runs_dir = RESULTS / f"{name}_runs"
+    root = family_root(a.family, a.generator_seed)
+    common = ["--dataset", "folder", "--data-dir", str(root), "--recipe", "folder-scratch", *SPEED]
+    if not a.report_only:
+        if a.jobs > 1:
+            os.environ["OMP_NUM_THREADS"] = "1"  # the run processes inherit it: jobs x 1 thread
+        # seed-major: an interrupted benchmark still has every method at the first seeds
+        work = [(m, seed) for seed in a.seeds for m in a.methods]
+        with ThreadPoolExecutor(max(a.jobs, 1)) as pool:
+            list(pool.map(lambda job: train_run(runs_dir / f"{job[0]}_seed{job[1]}",
+                                                [*common, *METHODS[job[0]][1], "--seed", str(job[1])], a.force), work))
+    summary = {"recipe": "examples/recipes/folder-scratch.yaml", "data": f"{a.family} (generator seed {a.generator_seed}) "
+               "200 x 20, 96 px", "seeds": a.seeds, "eval_split": "test", "methods": {}}
+    batches = lambda model, results, batch_size=200: test_batches(model, results, root, batch_size)  # noqa: E731
+    collect_methods(summary, METHODS, a.seeds, runs_dir, batches)  # every method with finished runs
+    if not summary["methods"]:
+        return
+    lines = [*method_rows(summary), "", *paired_rows(summary)]
+    area = summary.get("object_area_share", 0.1)
+    header = [f"`{a.family}` folder (generator seed {a.generator_seed}), test classes (100 classes x 20 images, disjoint "
+              f"from the 100 training classes); recipe `examples/recipes/folder-scratch.yaml`, only `--pool` changed; "
+              f"mean ± std (population) over seeds {a.seeds}, in %; chance P@1 = 19/1999 = 1.0 %. Object weight share: "
+              f"mean share of the GSP pooling weight inside the class object's box over the test set (the box covers "
+              f"{100 * area:.0f} % of the image, the weight GAP gives it). Wall time: one run of examples/train.py "
+              "(training + evaluation) on one CPU core, two runs side by side.", ""]
+    (RESULTS / f"{name}_results.md").write_text("\n".join(header + lines) + "\n")
+    (RESULTS / f"{name}_results.json").write_text(json.dumps(summary, indent=2))
+    plot_summary(summary, RESULTS / f"{name}_metrics.png", "object box")
+    write_preview(root, RESULTS / f"{name}_preview.png", classes=2)  # a training and a test class, objects boxed
+    gsp_weight_maps(summary, runs_dir, batches, RESULTS / f"{name}_weight_maps.png")
+    print("\n".join(lines))
+    print(f"(data: {root}; code: {ROOT / 'benchmarks' / 'folder_benchmark.py'})")
+
+
+if __name__ == "__main__":
+    main()
