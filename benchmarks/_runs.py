@@ -73,6 +73,9 @@ def object_weight_share(model, batches: Iterable[Tuple[torch.Tensor, torch.Tenso
 
 
 def fmt(values: Sequence[float]) -> str:
+    """Mean ± std in %; one value has no spread to show, and says so."""
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f} (one seed)"
     return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}"
 
 
