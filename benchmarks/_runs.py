@@ -8,7 +8,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence, Tuple
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Dict, Iterable, List, Sequence, Tuple, TypeVar
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 KEYS = ("precision_at_1", "r_precision", "map_at_r")
+T = TypeVar("T")
 NAMES = {"precision_at_1": "P@1", "r_precision": "R-Precision", "map_at_r": "MAP@R"}
 
 
@@ -29,6 +31,15 @@ def train_run(out: Path, flags: Sequence[str], force: bool = False) -> Path:
         env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         subprocess.run(cmd, check=True, env=env)
     return out
+
+
+def run_side_by_side(jobs: int, run: Callable[[T], None], work: Sequence[T]) -> None:
+    """``run(item)`` for each item in order, ``jobs`` at a time; with jobs > 1 each training process gets one
+    thread (they inherit OMP_NUM_THREADS), so the jobs share the cores instead of fighting over them."""
+    if jobs > 1:
+        os.environ["OMP_NUM_THREADS"] = "1"
+    with ThreadPoolExecutor(max(jobs, 1)) as pool:
+        list(pool.map(run, work))
 
 
 def read_run(out: Path) -> Dict:

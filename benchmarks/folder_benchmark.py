@@ -22,15 +22,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 from timm_gsp.data.generated import write_preview
 
-from _runs import RESULTS, ROOT, collect_methods, gsp_weight_maps, method_rows, paired_rows, plot_summary, train_run
+from _runs import (RESULTS, ROOT, collect_methods, gsp_weight_maps, method_rows, paired_rows, plot_summary,
+                   run_side_by_side, train_run)
 
 FAMILIES = ("scenes", "fashion", "collage")
 METHODS = {  # name -> (label, flags); everything else comes from the folder-scratch recipe
@@ -83,13 +82,10 @@ def main() -> None:
     root = family_root(a.family, a.generator_seed)
     common = ["--dataset", "folder", "--data-dir", str(root), "--recipe", "folder-scratch", *SPEED]
     if not a.report_only:
-        if a.jobs > 1:
-            os.environ["OMP_NUM_THREADS"] = "1"  # the run processes inherit it: jobs x 1 thread
         # seed-major: an interrupted benchmark still has every method at the first seeds
         work = [(m, seed) for seed in a.seeds for m in a.methods]
-        with ThreadPoolExecutor(max(a.jobs, 1)) as pool:
-            list(pool.map(lambda job: train_run(runs_dir / f"{job[0]}_seed{job[1]}",
-                                                [*common, *METHODS[job[0]][1], "--seed", str(job[1])], a.force), work))
+        run_side_by_side(a.jobs, lambda job: train_run(runs_dir / f"{job[0]}_seed{job[1]}",
+                                                       [*common, *METHODS[job[0]][1], "--seed", str(job[1])], a.force), work)
     summary = {"recipe": "examples/recipes/folder-scratch.yaml", "data": f"{a.family} (generator seed {a.generator_seed}) "
                "200 x 20, 96 px", "seeds": a.seeds, "eval_split": "test", "methods": {}}
     batches = lambda model, results, batch_size=200: test_batches(model, results, root, batch_size)  # noqa: E731

@@ -20,15 +20,13 @@ Results: ``benchmarks/results/folder_search/<family>/<trial>/results.json``; the
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
 
-from _runs import RESULTS, ROOT, read_run, train_run
+from _runs import RESULTS, ROOT, read_run, run_side_by_side, train_run
 from folder_benchmark import FAMILIES, family_root
 
 OUT = RESULTS / "folder_search"
@@ -101,13 +99,10 @@ def main() -> None:
     p.add_argument("--report-only", action="store_true", help="rewrite the table from finished trials only")
     a = p.parse_args()
     if not a.report_only:
-        if a.jobs > 1:
-            os.environ["OMP_NUM_THREADS"] = "1"  # the trial processes inherit it: jobs x 1 thread
         for family in a.families:
             family_root(family, generator_seed=0)  # written once, before the trials read it
         work = [(family, name) for name in (a.only or TRIALS) for family in a.families]
-        with ThreadPoolExecutor(max(a.jobs, 1)) as pool:
-            list(pool.map(lambda job: run_trial(*job, a.force), work))
+        run_side_by_side(a.jobs, lambda job: run_trial(*job, a.force), work)
     write_md()
     print((ROOT / "benchmarks" / "folder_recipe_search.md").read_text())
 
