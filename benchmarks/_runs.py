@@ -245,3 +245,21 @@ def stage_table(stages: Dict[str, List[str]], seeds: Sequence[int], rows: Sequen
             lines.append(f"| {name} | `{' '.join(flags)}` | {len(done)} | {fmt([r['precision_at_1'] for r in done])} | "
                          f"{fmt([r['map_at_r'] for r in done])} |")
     return lines
+
+
+def write_report(name: str, summary: Dict, header: List[str], lines: List[str], runs_dir: Path, test_batches) -> None:
+    """A benchmark's outputs in ``RESULTS``: ``<name>_results.md`` (header + table lines), ``<name>_results.json``
+    (the summary), ``<name>_metrics.png`` and ``<name>_weight_maps.png`` (GSP's weights on test images)."""
+    (RESULTS / f"{name}_results.md").write_text("\n".join(header + lines) + "\n")
+    (RESULTS / f"{name}_results.json").write_text(json.dumps(summary, indent=2))
+    plot_summary(summary, RESULTS / f"{name}_metrics.png", "object box")
+    gsp_weight_maps(summary, runs_dir, test_batches, RESULTS / f"{name}_weight_maps.png")
+
+
+def add_run_arguments(parser, methods: Sequence[str]) -> None:
+    """The flags every method-by-seed benchmark takes: --methods, --seeds, --jobs, --force, --report-only."""
+    parser.add_argument("--methods", nargs="*", default=list(methods), choices=list(methods))
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side (one thread each when > 1)")
+    parser.add_argument("--force", action="store_true")
+    parser.add_argument("--report-only", action="store_true", help="collect the runs that exist, train nothing")

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 from pathlib import Path
 
 import torch
 
 from timm_gsp.data.generated import write_preview
 
-from _runs import (RESULTS, ROOT, collect_methods, gsp_weight_maps, method_rows, paired_rows, plot_summary,
-                   run_side_by_side, train_run)
+from _runs import (RESULTS, ROOT, add_run_arguments, collect_methods, method_rows, paired_rows, run_side_by_side, train_run,
+                   write_report)
 
 FAMILIES = ("scenes", "fashion", "collage")
 METHODS = {  # name -> (label, flags); everything else comes from the folder-scratch recipe
@@ -71,11 +70,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--family", choices=FAMILIES, required=True)
     p.add_argument("--generator-seed", type=int, default=0, help="0: the search's folders (test classes); 1: other folders")
-    p.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    p.add_argument("--jobs", type=int, default=1, help="runs side by side (one thread each when > 1)")
-    p.add_argument("--force", action="store_true")
-    p.add_argument("--report-only", action="store_true", help="collect the runs that exist, train nothing")
+    add_run_arguments(p, METHODS)
     a = p.parse_args()
     name = f"folder_{a.family}" + (f"_g{a.generator_seed}" if a.generator_seed else "")
     runs_dir = RESULTS / f"{name}_runs"
@@ -100,11 +95,8 @@ def main() -> None:
               f"mean share of the GSP pooling weight inside the class object's box over the test set (the box covers "
               f"{100 * area:.0f} % of the image, the weight GAP gives it). Wall time: one run of examples/train.py "
               "(training + evaluation) on one CPU core, two runs side by side.", ""]
-    (RESULTS / f"{name}_results.md").write_text("\n".join(header + lines) + "\n")
-    (RESULTS / f"{name}_results.json").write_text(json.dumps(summary, indent=2))
-    plot_summary(summary, RESULTS / f"{name}_metrics.png", "object box")
+    write_report(name, summary, header, lines, runs_dir, batches)
     write_preview(root, RESULTS / f"{name}_preview.png", classes=2)  # a training and a test class, objects boxed
-    gsp_weight_maps(summary, runs_dir, batches, RESULTS / f"{name}_weight_maps.png")
     print("\n".join(lines))
     print(f"(data: {root}; code: {ROOT / 'benchmarks' / 'folder_benchmark.py'})")
 

@@ -186,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="batch composition: M images of each of batch-size / M classes; 0: plain random batches")
     optim.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default="auto",
                        help="auto: bf16 on CUDA (fp16 where bf16 is missing), none on CPU")
+    optim.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=False,
+                       help="keep every BatchNorm layer as the pretrained backbone left it: running statistics "
+                            "and affine parameters frozen (DML practice for fine-tuning with small class-balanced "
+                            "batches); no effect on a backbone from scratch")
     optim.add_argument("--channels-last", action="store_true",
                        help="NHWC memory layout for model and images (faster convolutions on CPUs and tensor cores)")
     run = parser.add_argument_group("run")
@@ -467,8 +471,32 @@ def build_model(args, env: Distributed, resuming: bool = False) -> torch.nn.Modu
                           f"{str(error).splitlines()[0] if str(error) else 'no network?'}); on a machine without network "
                           f"give them as a file (--pretrained-path FILE) or train from scratch: --recipe folder-scratch "
                           f"(or --no-pretrained)") from error
+    if bn_frozen(args):
+        for norm in batch_norms(model):
+            norm.requires_grad_(False)  # the optimiser leaves them out; train_mode keeps their statistics
     model = model.to(env.device)
     return model.to(memory_format=torch.channels_last) if args.channels_last else model
+
+
+def bn_frozen(args: argparse.Namespace) -> bool:
+    """--freeze-bn on a pretrained backbone. A backbone from scratch has no statistics worth keeping (frozen,
+    its BatchNorm would never normalise anything), so there the flag, e.g. from the folder recipe, is moot."""
+    return args.freeze_bn and (args.pretrained or args.pretrained_path is not None)
+
+
+def batch_norms(model: torch.nn.Module) -> List[torch.nn.Module]:
+    """Every BatchNorm layer of ``model`` (timm's BatchNormAct2d included)."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def train_mode(net: torch.nn.Module, freeze_bn: bool) -> None:
+    """``net.train()``; with --freeze-bn the BatchNorm layers stay in eval mode: their running statistics
+    are the pretrained ones, not re-estimated on the fine-tuning batches (re-estimating them on the target
+    images alone, with no weight changed, costs a pretrained backbone much of its zero-shot accuracy)."""
+    net.train()
+    if freeze_bn:
+        for norm in batch_norms(net):
+            norm.eval()
 
 
 def init_prototypes(model, train_set, env: Distributed, seed: int, args, num_images: int = 64) -> None:
@@ -569,8 +597,8 @@ def describe_run(args, optimizer, transforms, train_set, eval_splits, embed_size
         "pretrained" if args.pretrained else "from scratch"
     return "\n".join([
         f"recipe {args.recipe} ({recipe_path(args.recipe)})",
-        f"model {args.model} ({start}) {dict(args.model_kwargs) or ''}, "
-        f"pool {pool}, {embedding}",
+        f"model {args.model} ({start}){' ' + str(dict(args.model_kwargs)) if args.model_kwargs else ''}, "
+        f"pool {pool}, {embedding}{', BatchNorm frozen (--freeze-bn)' if bn_frozen(args) else ''}",
         f"data {args.dataset} {args.data_dir or ''}: train {len(train_set)} images / {train_set.num_classes} classes; eval {evals}",
         f"loss {args.loss}{zsr}; {args.opt} learning rates: {lrs}; weight decay {args.weight_decay:g}; "
         f"{args.epochs} epochs, batch {args.batch_size} ({batch_composition(args)})",
@@ -733,7 +761,7 @@ def _train(args: argparse.Namespace, env: Distributed) -> Dict[str, Any]:
     metrics: Dict[str, float] = {}
     for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
-        net.train()
+        train_mode(net, bn_frozen(args))
         losses = []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not env.is_main or args.no_progress)
         for images, labels in bar:

@@ -185,3 +185,47 @@ def test_train_refuses_a_missing_file_naming_it_and_the_flag(problem, folder_tre
     assert exit_info.value.code == 2 and len(err) == 1
     assert err[0].startswith(f"train.py: error: --pretrained-path {path}: {problem}")
     assert not output.exists()
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_bn_keeps_the_pretrained_statistics_and_affine_parameters(weights_file, folder_tree, tmp_path, freeze):
+    """--freeze-bn: after fine-tuning at a real learning rate every BatchNorm tensor (running mean and
+    variance, weight, bias) is still the file's, while the convolutions moved; without it they all move."""
+    path, stored = weights_file(num_classes=10)
+    torch.manual_seed(0)
+    for key in stored:  # distinctive pretrained statistics, which re-estimation would overwrite
+        if key.endswith(("running_mean", "running_var")):
+            stored[key] = torch.rand_like(stored[key]) + 0.5
+    save_file(stored, str(path))
+    output = tmp_path / "run"
+    flags = ["--freeze-bn"] if freeze else ["--no-freeze-bn"]
+    assert train_script.main(["--dataset", "folder", "--data-dir", str(folder_tree(num_classes=8, per_class=4)),
+                              "--recipe", "folder", "--model", "test_resnet", "--pretrained-path", str(path), *TINY,
+                              "--epochs", "1", "--lr", "1e-2", "--backbone-lr", "1e-2", *flags, "--output", str(output)]) == 0
+    model_state, _ = load_checkpoint(output / "checkpoint")
+    norms = [k for k in stored if k.rsplit(".", 1)[-1] in ("running_mean", "running_var", "weight", "bias")
+             and k.rsplit(".", 1)[0] + ".running_mean" in stored]
+    convs = [k for k in backbone_parameters() if k not in norms]
+    assert norms and convs
+    assert all(torch.equal(model_state[k], stored[k]) for k in norms) == freeze
+    assert not any(torch.equal(model_state[k], stored[k]) for k in convs)
+
+
+def test_folder_recipe_freezes_batch_norm_and_the_flag_overrides_it(folder_tree):
+    """The pretrained-backbone recipe keeps BatchNorm's pretrained statistics unless told otherwise."""
+    common = ["--dataset", "folder", "--data-dir", str(folder_tree(num_classes=4, per_class=2))]
+    assert train_script.parse_args(common).freeze_bn is True
+    assert train_script.parse_args([*common, "--no-freeze-bn"]).freeze_bn is False
+    assert train_script.parse_args([*common, "--recipe", "folder-scratch"]).freeze_bn is False
+
+
+def test_freeze_bn_is_moot_on_a_backbone_from_scratch(folder_tree, tmp_path, capsys):
+    """The folder recipe freezes BatchNorm; with --no-pretrained there are no statistics to keep, so the
+    run trains them (frozen at their initial values they would never normalise anything)."""
+    output = tmp_path / "run"
+    assert train_script.main(["--dataset", "folder", "--data-dir", str(folder_tree(num_classes=8, per_class=4)),
+                              "--model", "test_resnet", "--no-pretrained", *TINY, "--epochs", "1", "--output", str(output)]) == 0
+    assert "BatchNorm frozen" not in capsys.readouterr().out
+    model_state, _ = load_checkpoint(output / "checkpoint")
+    initial = timm.create_model("test_resnet").state_dict()
+    assert not torch.equal(model_state["bn1.running_mean"], initial["bn1.running_mean"])
