@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 from pathlib import Path
 
 import torch
@@ -53,17 +54,22 @@ def family_root(family: str, generator_seed: int) -> Path:
 
 
 def test_batches(model, results, root: Path, batch_size: int = 200):
-    """(images, normalised object boxes) of the test classes, under the run's evaluation transform."""
+    """(images, object boxes normalised to the model's view) of the test classes, under the run's evaluation
+    transform; a centre crop (``crop_pct`` < 1: resize to floor(size / crop_pct), crop size) moves the boxes."""
     from timm_gsp.data import build_dataset, build_eval_transform
     from timm_gsp.data.generated import read_boxes, read_meta
-    dataset = build_dataset("folder", root, "test", build_eval_transform(results.model.data_config))
+    config = results.model.data_config
+    dataset = build_dataset("folder", root, "test", build_eval_transform(config))
     side = read_meta(root)["config"]["image_size"]
+    size = config["input_size"][-1]
+    kept = size / math.floor(size / config.get("crop_pct", 1.0))  # share of the image side the crop keeps
     boxes = read_boxes(root)
     keys = [Path(p).relative_to(root).as_posix() for p in dataset.samples]
     for start in range(0, len(dataset), batch_size):
         index = range(start, min(start + batch_size, len(dataset)))
         images = torch.stack([dataset[i][0] for i in index])
-        yield images, torch.tensor([boxes[keys[i]] for i in index], dtype=torch.float32) / side
+        normalised = torch.tensor([boxes[keys[i]] for i in index], dtype=torch.float32) / side
+        yield images, ((normalised - (1 - kept) / 2) / kept).clamp(0, 1)
 
 
 def main() -> None:

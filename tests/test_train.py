@@ -241,7 +241,8 @@ def test_folder_recipe_trains_with_its_own_learning_rates(tmp_path, capsys):
     assert status == 0
     out = capsys.readouterr().out
     assert "recipe folder (" in out
-    assert "learning rates: backbone 1e-05, head 0.0001, prototypes 0.0001, loss 0.001" in out
+    assert "learning rates: backbone 1e-05, head 0.0001, prototypes 0.0001 (after 1 warm-up epoch)" in out
+    assert "multisimilarity;" in out  # no ZSR: the recipe's weight is 0
 
 
 def test_schedule_is_timms_warmup_then_cosine_and_resumes_from_its_update_count():
