@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import torch
+import yaml
 
 from _runs import (RESULTS, ROOT, add_run_arguments, collect_methods, method_rows, paired_rows, read_run, run_side_by_side, train_run,
                    write_report)
@@ -45,7 +46,8 @@ MODEL = "mobilenetv3_small_100"
 WEIGHTS = ROOT / "benchmarks" / "weights" / f"{MODEL}.source.safetensors"
 IMG_SIZE = 128
 BUDGET = ["--img-size", str(IMG_SIZE), "--epochs", "8", "--eval-every", "1000"]
-FOLDER_LRS = {"lr": 1e-4, "backbone_lr": 1e-5, "prototype_lr": 1e-4, "loss_lr": 1e-3}  # examples/recipes/folder.yaml
+FOLDER_RECIPE = yaml.safe_load((ROOT / "examples" / "recipes" / "folder.yaml").read_text())
+FOLDER_LRS = {key: FOLDER_RECIPE[key] for key in ("lr", "backbone_lr", "prototype_lr", "loss_lr")}
 LR_SCALE = 30  # chosen on validation classes (--stage val)
 
 
@@ -102,8 +104,7 @@ def zero_shot(family: str, split: str, seed: int = 0) -> Dict[str, float]:
     from timm_gsp.evaluate import evaluate_retrieval
     from timm_gsp.model_config import resolve_input_config
     model = timm_gsp.create_model(MODEL, pretrained_path=WEIGHTS, pool="avg", embed_dim=0).eval()
-    crop_pct = 0.875  # examples/recipes/folder.yaml
-    transform = build_eval_transform(resolve_input_config(model, IMG_SIZE, crop_pct=crop_pct))
+    transform = build_eval_transform(resolve_input_config(model, IMG_SIZE, crop_pct=FOLDER_RECIPE["crop_pct"]))
     extra = {"val_fraction": 0.25, "val_seed": seed} if split == "val" else {}
     dataset = build_dataset("folder", family_root(family, 0), split, transform, **extra)
     return evaluate_retrieval(model, {"test": dataset}, batch_size=200, progress=False)
@@ -120,8 +121,8 @@ def zero_shot_bn_reestimated(family: str, passes: int = 3) -> Dict[str, float]:
     from timm_gsp.evaluate import evaluate_retrieval
     from timm_gsp.model_config import resolve_input_config
     model = timm_gsp.create_model(MODEL, pretrained_path=WEIGHTS, pool="avg", embed_dim=0)
-    config = resolve_input_config(model, IMG_SIZE, crop_pct=0.875)
-    crops = Augmentation(scale=(0.16, 1.0), ratio=(0.75, 1.333), hflip=0.5, color_jitter=0.0)  # the folder recipe's
+    config = resolve_input_config(model, IMG_SIZE, crop_pct=FOLDER_RECIPE["crop_pct"])
+    crops = Augmentation(**{k: FOLDER_RECIPE[k] for k in ("scale", "ratio", "hflip", "color_jitter")})
     root, split = family_root(family, 0), dict(val_fraction=0.25, val_seed=0)
     train = build_dataset("folder", root, "train", build_train_transform(config, crops), **split)
     torch.manual_seed(0)
