@@ -4,7 +4,7 @@ the ``folder`` recipe, and compare GAP, Max, GSP and GSP + ZSR against the zero-
 
 Every run is ``examples/train.py --dataset folder --data-dir <family folder> --recipe folder
 --model mobilenetv3_small_100 --pretrained-path benchmarks/weights/mobilenetv3_small_100.source.safetensors``
-plus ``BUDGET`` (128 px, 8 epochs, evaluated once at the end: about two minutes on one core) and the
+plus ``BUDGET`` (128 px, 8 epochs, evaluated once at the end: about three minutes on one core) and the
 method's flags. The ``folder`` recipe's learning rates keep their ratios (backbone 10x slower than the
 head and the prototypes, the loss parameters 10x faster; one warm-up epoch) and are scaled by
 ``LR_SCALE`` for the short budget; that scale, and the recipe's ``freeze_bn``, were chosen with the
