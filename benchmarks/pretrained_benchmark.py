@@ -58,25 +58,26 @@ def lr_flags(scale: float) -> List[str]:
 
 NO_CROP = ["--scale", "1", "1", "--ratio", "1", "1"]
 LIVE_BN, FROZEN_BN = ["--no-freeze-bn"], ["--freeze-bn"]  # explicit, so every trial re-runs as it ran
+PAPER_ZSR = ["--zsr-weight", "0.1"]  # the recipe's weight when the search ran; explicit for the same reason
 # validation trials: flags on top of the common ones; GSP with the paper's ZSR weight (0.1) unless named
 TRIALS: Dict[str, List[str]] = {
     # 1. learning-rate scale, with BatchNorm re-estimated (the recipe before this search)
-    "gsp_zsr_lr1": [*lr_flags(1), *LIVE_BN],
-    "gsp_zsr_lr10": [*lr_flags(10), *LIVE_BN],
-    "gsp_zsr_lr30": [*lr_flags(30), *LIVE_BN],
-    "gsp_zsr_lr10_nocrop": [*lr_flags(10), *LIVE_BN, *NO_CROP],
+    "gsp_zsr_lr1": [*lr_flags(1), *LIVE_BN, *PAPER_ZSR],
+    "gsp_zsr_lr10": [*lr_flags(10), *LIVE_BN, *PAPER_ZSR],
+    "gsp_zsr_lr30": [*lr_flags(30), *LIVE_BN, *PAPER_ZSR],
+    "gsp_zsr_lr10_nocrop": [*lr_flags(10), *LIVE_BN, *NO_CROP, *PAPER_ZSR],
     "gap_lr10": [*lr_flags(10), *LIVE_BN, "--pool", "gap"],
     "gsp_lr10": [*lr_flags(10), *LIVE_BN, "--zsr-weight", "0"],
     "gsp_zsr1_lr10": [*lr_flags(10), *LIVE_BN, "--zsr-weight", "1"],
     # 2. no embedding layer: GAP then starts exactly at the zero-shot floor
-    "gsp_zsr_lr10_embed0": [*lr_flags(10), *LIVE_BN, "--embed-dim", "0"],
+    "gsp_zsr_lr10_embed0": [*lr_flags(10), *LIVE_BN, "--embed-dim", "0", *PAPER_ZSR],
     "gap_lr10_embed0": [*lr_flags(10), *LIVE_BN, "--pool", "gap", "--embed-dim", "0"],
     # 3. BatchNorm frozen
-    "gsp_zsr_lr10_freezebn": [*lr_flags(10), *FROZEN_BN],
+    "gsp_zsr_lr10_freezebn": [*lr_flags(10), *FROZEN_BN, *PAPER_ZSR],
     "gap_lr10_freezebn": [*lr_flags(10), *FROZEN_BN, "--pool", "gap"],
-    "gsp_zsr_lr30_freezebn": [*lr_flags(30), *FROZEN_BN],
+    "gsp_zsr_lr30_freezebn": [*lr_flags(30), *FROZEN_BN, *PAPER_ZSR],
     "gap_lr30_freezebn": [*lr_flags(30), *FROZEN_BN, "--pool", "gap"],
-    "gsp_zsr_lr30_freezebn_e16": [*lr_flags(30), *FROZEN_BN, "--epochs", "16", "--eval-every", "4"],
+    "gsp_zsr_lr30_freezebn_e16": [*lr_flags(30), *FROZEN_BN, "--epochs", "16", "--eval-every", "4", *PAPER_ZSR],
     # 4. ZSR weight at the chosen setting
     "gsp_lr30_freezebn": [*lr_flags(30), *FROZEN_BN, "--zsr-weight", "0"],
     "gsp_zsr1_lr30_freezebn": [*lr_flags(30), *FROZEN_BN, "--zsr-weight", "1"],
