@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 from pathlib import Path
 from typing import Dict, List
 
@@ -97,25 +98,14 @@ def common_flags(family: str) -> List[str]:
 
 
 @torch.no_grad()
-def zero_shot(family: str, split: str, seed: int = 0) -> Dict[str, float]:
+def zero_shot(family: str, split: str, bn_passes: int = 0) -> Dict[str, float]:
     """Retrieval metrics of the pretrained backbone as it is: timm's average pool, no embedding layer, no
-    fine-tuning, under the evaluation transform the fine-tuned runs use (the folder recipe's crop)."""
-    import timm_gsp
-    from timm_gsp.data import build_dataset, build_eval_transform
-    from timm_gsp.evaluate import evaluate_retrieval
-    from timm_gsp.model_config import resolve_input_config
-    model = timm_gsp.create_model(MODEL, pretrained_path=WEIGHTS, pool="avg", embed_dim=0).eval()
-    transform = build_eval_transform(resolve_input_config(model, IMG_SIZE, crop_pct=FOLDER_RECIPE["crop_pct"]))
-    extra = {"val_fraction": 0.25, "val_seed": seed} if split == "val" else {}
-    dataset = build_dataset("folder", family_root(family, 0), split, transform, **extra)
-    return evaluate_retrieval(model, {"test": dataset}, batch_size=200, progress=False)
+    fine-tuning, under the evaluation transform the fine-tuned runs use (the folder recipe's crop).
 
-
-@torch.no_grad()
-def zero_shot_bn_reestimated(family: str, passes: int = 3) -> Dict[str, float]:
-    """The zero-shot floor on the validation classes after only BatchNorm's running statistics were
-    re-estimated (train mode, no weight changed) on the training half's images under the folder recipe's
-    training transform, 64 at a time: what fine-tuning does to them unless ``--freeze-bn``."""
+    ``bn_passes`` > 0: first re-estimate only BatchNorm's running statistics (train mode, no weight changed)
+    over that many passes of the training images (the training half, less the validation classes when
+    ``split == "val"``) under the folder recipe's training crops, 64 at a time: what fine-tuning does to
+    them unless ``--freeze-bn``."""
     import timm_gsp
     from timm_gsp.data import build_dataset, build_eval_transform, build_train_transform
     from timm_gsp.data.transforms import Augmentation
@@ -123,17 +113,19 @@ def zero_shot_bn_reestimated(family: str, passes: int = 3) -> Dict[str, float]:
     from timm_gsp.model_config import resolve_input_config
     model = timm_gsp.create_model(MODEL, pretrained_path=WEIGHTS, pool="avg", embed_dim=0)
     config = resolve_input_config(model, IMG_SIZE, crop_pct=FOLDER_RECIPE["crop_pct"])
-    crops = Augmentation(**{k: FOLDER_RECIPE[k] for k in ("scale", "ratio", "hflip", "color_jitter")})
-    root, split = family_root(family, 0), dict(val_fraction=0.25, val_seed=0)
-    train = build_dataset("folder", root, "train", build_train_transform(config, crops), **split)
-    torch.manual_seed(0)
-    model.train()
-    for _ in range(passes):
-        order = torch.randperm(len(train))
-        for start in range(0, len(train) - 63, 64):
-            model(torch.stack([train[i][0] for i in order[start:start + 64]]))
-    val = build_dataset("folder", root, "val", build_eval_transform(config), **split)
-    return evaluate_retrieval(model.eval(), {"test": val}, batch_size=200, progress=False)
+    root, extra = family_root(family, 0), ({"val_fraction": 0.25, "val_seed": 0} if split == "val" else {})
+    if bn_passes:
+        crops = Augmentation(**{k: FOLDER_RECIPE[k] for k in ("scale", "ratio", "hflip", "color_jitter")})
+        train = build_dataset("folder", root, "train", build_train_transform(config, crops), **extra)
+        torch.manual_seed(0)
+        random.seed(0)  # timm's random resized crop draws from Python's generator
+        model.train()
+        for _ in range(bn_passes):
+            order = torch.randperm(len(train))
+            for start in range(0, len(train) - 63, 64):
+                model(torch.stack([train[i][0] for i in order[start:start + 64]]))
+    dataset = build_dataset("folder", root, split, build_eval_transform(config), **extra)
+    return evaluate_retrieval(model.eval(), {"test": dataset}, batch_size=200, progress=False)
 
 
 def cached(path: Path, compute) -> Dict[str, float]:
@@ -163,7 +155,7 @@ def run_validation(families: List[str], trials: List[str], jobs: int, force: boo
              "| trial | flags | " + " | ".join(f"{f} P@1 | {f} MAP@R" for f in families) + " |",
              "|---|---|" + "---|---|" * len(families)]
     zs = {f: cached_zero_shot(out / f / "zero_shot.json", f, "val") for f in families}
-    drift = {f: cached(out / f / "zero_shot_bn_reestimated.json", lambda f=f: zero_shot_bn_reestimated(f)) for f in families}
+    drift = {f: cached(out / f / "zero_shot_bn_reestimated.json", lambda f=f: zero_shot(f, "val", bn_passes=3)) for f in families}
     for label, metrics in (("zero-shot (pretrained, GAP, no fine-tuning)", zs),
                            ("zero-shot after re-estimating only BatchNorm's statistics on the training images", drift)):
         lines.append(f"| {label} | – | " + " | ".join(
