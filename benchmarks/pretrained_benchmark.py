@@ -10,8 +10,8 @@ head and the prototypes, the loss parameters 10x faster; one warm-up epoch) and 
 ``LR_SCALE`` for the short budget; that scale, and the recipe's ``freeze_bn``, were chosen with the
 other trials on validation classes. The target folders (``TARGETS``) are the generated families
 (``timm_gsp.data.generated``, generator seed 0, 200 classes x 20 images of 96 px) and ``fashion_large``,
-the fashion family with the object as large as in the paper's datasets, which no choice was made on; the
-source set the backbone learnt from has none of their classes.
+the fashion family with the object as large as in the paper's datasets, on which no recipe choice was
+made; the source set the backbone learnt from has none of their classes.
 
 Two stages:
 
