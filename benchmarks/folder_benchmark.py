@@ -43,7 +43,7 @@ METHODS = {  # name -> (label, flags); everything else comes from the folder-scr
 SPEED = ["--workers", "0", "--cache-images"]  # small folders: decode once, no loader processes beside the jobs
 
 
-def family_root(family: str, generator_seed: int, name: str = "", **overrides) -> Path:
+def family_root(family: str, generator_seed: int, name: str = "", progress: bool = False, **overrides) -> Path:
     """The family's folder for ``generator_seed``, written on first use into the dataset cache (one folder
     per generator version, so a changed generator never meets an old folder). A config with ``overrides``
     (fields of the family's config) is kept in a folder of its own, called ``name``."""
@@ -51,7 +51,7 @@ def family_root(family: str, generator_seed: int, name: str = "", **overrides) -
     from timm_gsp.data.generated import default_config, write_family
     version = importlib.import_module(f"timm_gsp.data.{family}").GENERATOR_VERSION
     root = default_cache_root() / f"{name or family}-s{generator_seed}-v{version}"
-    return write_family(family, root, default_config(family, seed=generator_seed, **overrides), progress=False)
+    return write_family(family, root, default_config(family, seed=generator_seed, **overrides), progress=progress)
 
 
 def test_batches(model, results, root: Path, batch_size: int = 200):

@@ -23,7 +23,7 @@ class held out to measure top-1 accuracy at the end. 33 minutes on 2 CPU cores.
 Outputs: ``benchmarks/weights/mobilenetv3_small_100.source.safetensors`` (timm's key names, the
 classifier included: ``timm.create_model("mobilenetv3_small_100", pretrained=True,
 pretrained_cfg_overlay=dict(file=...))`` or ``examples/train.py --pretrained-path ...`` load it, and timm
-drops the classifier for any other ``num_classes``), and ``benchmarks/results/pretrain_backbone.{json,md}``
+drops the classifier for any other ``num_classes``), and ``benchmarks/results/pretrain_backbone.json``
 (recipe, source classes, accuracy per kind, per-epoch loss, sha256 of the weights).
 
     python benchmarks/pretrain_backbone.py              # refuses to replace existing weights
@@ -32,7 +32,6 @@ drops the classifier for any other ``num_classes``), and ``benchmarks/results/pr
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import sys
@@ -47,6 +46,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from folder_benchmark import family_root  # noqa: E402
 from timm_gsp.utils import file_sha256, write_file_atomic  # noqa: E402
 
 WEIGHTS = ROOT / "benchmarks" / "weights"
@@ -78,16 +78,10 @@ RECIPE = {
 
 def source_folders() -> Dict[str, Path]:
     """The three generated families of the source set, written into the dataset cache on first use."""
-    from timm_gsp.data import default_cache_root
-    from timm_gsp.data.generated import default_config, write_family
-    folders = {}
-    for family in ("scenes", "fashion", "collage"):
-        version = importlib.import_module(f"timm_gsp.data.{family}").GENERATOR_VERSION
-        config = default_config(family, seed=SOURCE_SEED, num_classes=RECIPE["classes_per_family"],
-                                images_per_class=RECIPE["images_per_class"], image_size=RECIPE["image_size"])
-        root = default_cache_root() / f"pretrain-{family}-s{SOURCE_SEED}-v{version}"
-        folders[family] = write_family(family, root, config, progress=True)
-    return folders
+    sizes = {k: RECIPE[k] for k in ("images_per_class", "image_size")}
+    return {family: family_root(family, SOURCE_SEED, f"pretrain-{family}", progress=True,
+                                num_classes=RECIPE["classes_per_family"], **sizes)
+            for family in ("scenes", "fashion", "collage")}
 
 
 def benchmark_fashion_items() -> set:
