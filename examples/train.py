@@ -153,8 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--gsp-border", type=int, default=timm_gsp.GSP_DEFAULTS["border"], metavar="RINGS",
                        help="outer rings of feature cells GSP leaves out (zero padding makes border cells alike in every "
                             "image, and they can draw weight); 0: none")
-    model.add_argument("--prototype-init", choices=["random", "kcenter"], default="kcenter",
-                       help="kcenter: greedy farthest-point init from local features of training images")
+    model.add_argument("--gsp-mix", choices=timm_gsp.spec.MIXES, default=timm_gsp.GSP_DEFAULTS["mix"],
+                       help="how GSP's plan becomes a vector: sum (weighted sum, the paper), max (max over the "
+                            "re-weighted cells), gem (GeM over them), addmax (weighted sum + global max)")
+    model.add_argument("--gsp-learn-ratio", action=argparse.BooleanOptionalAction, default=timm_gsp.GSP_DEFAULTS["learn_ratio"],
+                       help="learn the transport ratio, starting at --transport-ratio")
+    model.add_argument("--gsp-project", action=argparse.BooleanOptionalAction, default=timm_gsp.GSP_DEFAULTS["project"],
+                       help="compute the costs and pool on a learned linear map of every cell (from the identity)")
+    model.add_argument("--gsp-norm", choices=timm_gsp.spec.NORMS, default=timm_gsp.GSP_DEFAULTS["norm"],
+                       help="cell normalisation for the costs: unit, or clip (only norms above 1)")
+    model.add_argument("--prototype-init", choices=["random", "kcenter", "kcenter-pooled"], default="kcenter",
+                       help="kcenter: greedy farthest-point init from local features of training images; "
+                            "kcenter-pooled: from the mean features of up to 1024 training images, after "
+                            "--prototype-warmup-epochs (the reference release's)")
+    model.add_argument("--prototype-warmup-epochs", type=int, default=0,
+                       help="kcenter-pooled: epochs trained with random prototypes before the init")
     model.add_argument("--drop-path", type=float, default=None)
     aug = parser.add_argument_group("augmentation and evaluation transform (timm train.py's names and meanings)")
     aug.add_argument("--scale", type=float, nargs=2, default=[0.08, 1.0], metavar="PCT", help="RandomResizedCrop area range")
@@ -273,7 +286,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     try:
         Augmentation(scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip,
                      color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob)
-        timm_gsp.format_gsp_spec(args.num_prototypes, args.transport_ratio, args.gamma, args.gsp_border)
+        timm_gsp.format_gsp_spec(**gsp_options(args))
     except ValueError as error:
         parser.error(str(error))
     check_pretrained_path(parser, args)
@@ -448,11 +461,18 @@ def build_data(args, model, env: Distributed):
     return train_set, loader, sampler, eval_splits, eval_data_config, (train_tf, eval_tf)
 
 
+def gsp_options(args) -> Dict[str, Any]:
+    """The GSP pool-string options of the flags (``spec.GSP_DEFAULTS`` keys)."""
+    return dict(num_prototypes=args.num_prototypes, transport_ratio=args.transport_ratio, gamma=args.gamma,
+                border=args.gsp_border, mix=args.gsp_mix, learn_ratio=args.gsp_learn_ratio, project=args.gsp_project,
+                norm=args.gsp_norm)
+
+
 def model_description(args, data_config: Optional[Dict[str, Any]] = None) -> RetrievalModelConfig:
     kwargs = dict(args.model_kwargs)
     if args.drop_path is not None:
         kwargs["drop_path_rate"] = args.drop_path
-    pool = pool_spec(POOLS[args.pool], args.num_prototypes, args.transport_ratio, args.gamma, border=args.gsp_border)
+    pool = pool_spec(POOLS[args.pool], **gsp_options(args))
     return RetrievalModelConfig(args.model, embed_dim=args.embed_dim, pool=pool, model_kwargs=kwargs,
                                 data_config=data_config or {})
 
@@ -499,22 +519,29 @@ def train_mode(net: torch.nn.Module, freeze_bn: bool) -> None:
             norm.eval()
 
 
-def init_prototypes(model, train_set, env: Distributed, seed: int, args, num_images: int = 64) -> None:
-    """k-center over the local features of evenly spaced training images (the same on every rank)."""
+def init_prototypes(model, train_set, env: Distributed, seed: int, args) -> None:
+    """k-center init of GSP's prototypes from evenly spaced training images, the same on every rank: over
+    their local features (``--prototype-init kcenter``, 64 images) or over each one's mean feature
+    (``kcenter-pooled``, up to 1024 images)."""
     if not timm_gsp.gsp_modules(model):
         return
-    rng = torch.get_rng_state()  # the train transform draws random crops; keep the run's stream
-    step = max(len(train_set) // num_images, 1)
-    images = torch.stack([train_set[i][0] for i in range(0, len(train_set), step)][:num_images])
-    torch.set_rng_state(rng)
+    pooled = args.prototype_init == "kcenter-pooled"
+    num_images = 1024 if pooled else 64
+    indices = list(range(0, len(train_set), max(len(train_set) // num_images, 1)))[:num_images]
+    batches = (torch.stack([train_set[i][0] for i in indices[k:k + args.batch_size]]).to(env.device)
+               for k in range(0, len(indices), args.batch_size))
+    saved = rng_state()  # the train transform draws random crops: keep the run's random streams
     try:
-        timm_gsp.init_prototypes_kcenter(model, images.to(env.device), seed=seed)
+        timm_gsp.init_prototypes_kcenter(model, batches, seed=seed, pooled=pooled)
     except ConfigError:
         raise  # a setting of the pool itself (a --gsp-border wider than the map): its message says which
     except ValueError as error:
-        raise ConfigError(f"{error}: the local features of {len(images)} training images at this input size are "
-                          f"fewer than --num-prototypes {args.num_prototypes}; lower --num-prototypes, raise --img-size, "
-                          f"or pass --prototype-init random") from None
+        what = f"{len(indices)} training images" if pooled else \
+            f"the local features of {len(indices)} training images at this input size"
+        raise ConfigError(f"{error}: {what} are fewer than --num-prototypes {args.num_prototypes}; lower "
+                          f"--num-prototypes{'' if pooled else ', raise --img-size'}, or pass --prototype-init random") from None
+    finally:
+        restore_rng_state(saved)
 
 
 def embedding_size(args, model, data_config: Dict[str, Any]) -> int:
@@ -535,14 +562,16 @@ def build_criterion(args, model, num_classes: int, embed_size: int, env: Distrib
 
 
 def build_optimizer(args, model, criterion) -> torch.optim.Optimizer:
-    """Separate learning rates: backbone, embedding head, GSP prototypes, loss parameters. GeM's exponent
-    is new like the embedding, not pretrained: it learns at the head's rate."""
-    new_pools = [m for m in model.modules() if isinstance(m, GeneralizedMeanPool)]
-    head = {id(p) for module in [model.get_classifier(), *new_pools] for p in module.parameters()}
+    """Separate learning rates: backbone, embedding head, GSP prototypes, loss parameters. A pool's own
+    parameters (GeM's exponent; GSP's cell map, learned ratio and GeM exponent) are new like the embedding,
+    not pretrained: they learn at the head's rate."""
+    pools = [m for m in model.modules() if isinstance(m, (GeneralizedMeanPool, timm_gsp.GeneralizedSumPool))]
+    prototypes = {id(pool.prototypes) for _, pool in timm_gsp.gsp_modules(model)}
+    head = {id(p) for module in [model.get_classifier(), *pools] for p in module.parameters()} - prototypes
     groups: Dict[str, List[torch.nn.Parameter]] = {"backbone": [], "head": [], "prototypes": []}
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if p.requires_grad:
-            key = "prototypes" if name.endswith("prototypes") else "head" if id(p) in head else "backbone"
+            key = "prototypes" if id(p) in prototypes else "head" if id(p) in head else "backbone"
             groups[key].append(p)
     lrs = {"backbone": args.backbone_lr, "head": args.lr, "prototypes": args.prototype_lr, "loss": args.loss_lr}
     param_groups = [{"name": k, "params": v, "lr": lrs[k]} for k, v in groups.items() if v]
@@ -747,6 +776,7 @@ def _train(args: argparse.Namespace, env: Distributed) -> Dict[str, Any]:
         start_epoch, history, best = state["epoch"] + 1, state["history"], state.get("best", best)
     elif args.pool == "gsp" and args.prototype_init == "kcenter":
         init_prototypes(model, train_set, env, args.seed, args)
+    init_epoch = args.prototype_warmup_epochs if args.pool == "gsp" and args.prototype_init == "kcenter-pooled" else None
     if env.is_main:
         print(describe_run(args, optimizer, transforms, train_set, eval_splits, embed_size, weights), flush=True)
         if resume is not None:
@@ -760,6 +790,8 @@ def _train(args: argparse.Namespace, env: Distributed) -> Dict[str, Any]:
     chance = chance_precision_at_1(eval_splits)
     metrics: Dict[str, float] = {}
     for epoch in range(start_epoch, args.epochs):
+        if epoch == init_epoch:  # after the warm-up with random prototypes (a resumed run past it has them)
+            init_prototypes(model, train_set, env, args.seed, args)
         sampler.set_epoch(epoch)
         train_mode(net, bn_frozen(args))
         losses = []

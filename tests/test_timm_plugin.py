@@ -170,7 +170,7 @@ def test_border_pool_string_round_trip():
     assert timm_gsp.format_gsp_spec(num_prototypes=8, border=0) == timm_gsp.format_gsp_spec(num_prototypes=8)
     spec = timm_gsp.format_gsp_spec(num_prototypes=8, border=2)
     assert spec.endswith(",border=2")
-    assert timm_gsp.parse_gsp_spec(spec) == {"num_prototypes": 8, "transport_ratio": 0.3, "gamma": 5.0, "border": 2}
+    assert timm_gsp.parse_gsp_spec(spec) == {**timm_gsp.GSP_DEFAULTS, "num_prototypes": 8, "border": 2}
     assert timm_gsp.parse_gsp_spec("gsp")["border"] == 0
     for bad, match in [("gsp:border=-1", "border must be an integer >= 0"), ("gsp:border=1.5", "border.*integer")]:
         with pytest.raises(ValueError, match=match):

@@ -18,6 +18,7 @@ __all__ = [
     "GSPUnsupportedModelError",
     "HubUnavailableError",
     "OutputExistsError",
+    "OutputWriteError",
     "TimmGSPError",
 ]
 
@@ -44,6 +45,11 @@ class HubUnavailableError(TimmGSPError, RuntimeError):
 
 class OutputExistsError(TimmGSPError, FileExistsError):
     """Writing would replace something the user has (a finished run, a checkpoint, a file)."""
+
+
+class OutputWriteError(TimmGSPError, OSError):
+    """A file could not be written (no space left on the device, no permission, a read-only disk); the
+    message names the path and the cause. What was written before it stays valid."""
 
 
 class DatasetLayoutError(TimmGSPError, FileNotFoundError):

@@ -25,7 +25,7 @@ import copy
 import logging
 import pickle
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -254,22 +254,32 @@ def convert(
 
 
 @torch.no_grad()
-def init_prototypes_kcenter(model: nn.Module, images: torch.Tensor, seed: Optional[int] = 0) -> None:
-    """Greedy k-center initialisation of every GSP pool of ``model`` from a batch of images.
+def init_prototypes_kcenter(model: nn.Module, images: Union[torch.Tensor, Iterable[torch.Tensor]], seed: Optional[int] = 0,
+                            pooled: bool = False) -> None:
+    """Greedy k-center initialisation of every GSP pool of ``model`` from images.
 
     Args:
-        images: (B, 3, H, W), enough of them that B * N >= num_prototypes.
+        images: (B, 3, H, W), or an iterable of such batches.
+        pooled: k-center over each image's mean local feature (B >= num_prototypes images), as the
+            reference release initialises from a memory of pooled features after a short warm-up;
+            else over all local features of the images (B * N >= num_prototypes).
     """
     pools = gsp_modules(model)
     if not pools:
         raise ConfigError(f"{type(model).__name__} has no GSP pool to initialise")
+    batches = [images] if isinstance(images, torch.Tensor) else images
+    features: Dict[str, List[torch.Tensor]] = {name: [] for name, _ in pools}
     with eval_mode(model), capture_transport(model, keep_features=True) as plans:
-        model(images)
-    features = {plan.module_name: plan.features for plan in plans}  # (B, M, C); a pool run twice: its last
+        for batch in batches:
+            plans.clear()
+            model(batch)
+            last = {plan.module_name: plan.features for plan in plans}  # (B, M, C); a pool run twice: its last
+            for name, cells in last.items():
+                features[name].append(cells.mean(1) if pooled else cells.flatten(0, 1))
     for name, pool in pools:
-        if name not in features:
+        if not features[name]:
             raise RuntimeError(f"{type(model).__name__}'s forward did not run its GSP pool {name}")
-        pool.init_prototypes_kcenter(features[name].flatten(0, 1), seed=seed)
+        pool.init_prototypes_kcenter(torch.cat(features[name]), seed=seed)
 
 
 def _feature_layout(features: Any, num_features: int) -> str:

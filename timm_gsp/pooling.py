@@ -22,6 +22,7 @@ of another shape fail. Loaders of trained GSP models (``timm_gsp.hub``) also req
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
@@ -31,7 +32,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .errors import ConfigError
 from .spec import GSP_DEFAULTS, check_gsp_args, format_gsp_spec
-from .transport import TransportPlan, dense_layout, gsp_transport, prototype_costs, weighted_sum
+from .transport import TransportPlan, dense_layout, gsp_transport, prototype_costs, token_view, weighted_sum
 
 __all__ = [
     "GeneralizedSumPool",
@@ -47,22 +48,50 @@ PROTOTYPES = "prototypes"
 
 
 class GSPTransport(nn.Module):
-    """Parameter-free wrapper of ``gsp_transport``: the place to hook for weights and attributes.
+    """The transport of ``gsp_transport`` as a module: the place to hook for weights and attributes.
 
     ``forward(costs (B, K, N)) -> TransportPlan(weights (B, N), attributes (B, K))``.
+
+    With ``learn_ratio`` the transport ratio is ``sigmoid(ratio_logit)``, a parameter that starts at
+    ``transport_ratio`` and learns through the implicit gradient of the threshold; otherwise the
+    module has no parameter.
     """
 
-    def __init__(self, transport_ratio: float = GSP_DEFAULTS["transport_ratio"], gamma: float = GSP_DEFAULTS["gamma"]):
+    __jit_unused_properties__ = ["current_ratio"]
+
+    def __init__(self, transport_ratio: float = GSP_DEFAULTS["transport_ratio"], gamma: float = GSP_DEFAULTS["gamma"],
+                 learn_ratio: bool = GSP_DEFAULTS["learn_ratio"]):
         super().__init__()
-        check_gsp_args(transport_ratio=transport_ratio, gamma=gamma)
-        self.transport_ratio = float(transport_ratio)
+        check_gsp_args(transport_ratio=transport_ratio, gamma=gamma, learn_ratio=learn_ratio)
+        self.transport_ratio = float(transport_ratio)  # the configured (starting) ratio: part of the pool string
         self.gamma = float(gamma)
+        if learn_ratio:
+            self.ratio_logit = nn.Parameter(torch.tensor([math.log(transport_ratio / (1.0 - transport_ratio))]))
+        else:
+            self.register_parameter("ratio_logit", None)
+
+    @property
+    def current_ratio(self) -> float:
+        """The transport ratio in use: the learned one, or the configured one."""
+        return self.transport_ratio if self.ratio_logit is None else float(torch.sigmoid(self.ratio_logit.detach()))
 
     def forward(self, costs: torch.Tensor) -> TransportPlan:
-        return gsp_transport(costs, self.transport_ratio, self.gamma)
+        logit = self.ratio_logit
+        if logit is None:
+            return gsp_transport(costs, self.transport_ratio, self.gamma)
+        ratio = torch.sigmoid(logit.to(costs.dtype))
+        return gsp_transport(costs, float(ratio.item()), self.gamma, ratio)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if prefix + "ratio_logit" in missing_keys:  # a backbone checkpoint: the ratio starts as configured
+            missing_keys.remove(prefix + "ratio_logit")
 
     def extra_repr(self) -> str:
-        return f"transport_ratio={self.transport_ratio}, gamma={self.gamma}"
+        learned = ", learned" if self.ratio_logit is not None else ""
+        return f"transport_ratio={self.transport_ratio}{learned}, gamma={self.gamma}"
 
 
 class GeneralizedSumPool(nn.Module):
@@ -78,6 +107,18 @@ class GeneralizedSumPool(nn.Module):
     with ``border = b`` over the (H - 2b) x (W - 2b) interior only, each of its cells with mass
     1 / N_interior; the border cells get weight 0.
 
+    The plan's weights ``w`` (B, N) become the pooled vector by ``mix`` (``m_j = N w_j``, 1 for every
+    cell of a uniform plan, up to ``1 / mu`` for a cell transported whole):
+
+    * ``"sum"``: ``sum_j w_j f_j``, the paper's weighted sum (``transport_ratio=1``: GAP);
+    * ``"max"``: ``max_j m_j f_j`` per channel, the reference PyTorch port's head: GSP picks the cells,
+      each channel takes its strongest picked cell (``transport_ratio=1``: global max pooling of
+      non-negative features);
+    * ``"gem"``: ``(mean_j max(m_j f_j, eps)^p)^(1/p)``, a learned ``p`` from 3 (the reference's
+      ``use_gemp``; ``transport_ratio=1``: GeM);
+    * ``"addmax"``: ``sum_j w_j f_j + max_j f_j`` (the reference's ``augment_max_pool``, with the
+      embedding shared by the two terms).
+
     Args:
         in_chs: feature channels C. ``None`` defers creating the prototypes to the first
             forward (or to a state dict that holds them), for hosts that do not know C.
@@ -92,10 +133,15 @@ class GeneralizedSumPool(nn.Module):
         grid_size: (h, w) grid of the tokens after the prefix tokens (NLC only; the plugin passes a
             ViT's fixed patch grid). Needed for ``border > 0`` on tokens; otherwise it only lets
             ``capture_transport`` report the grid.
+        mix: how the plan becomes a vector, above: 'sum', 'max', 'gem' or 'addmax'.
+        learn_ratio: learn the transport ratio, from ``transport_ratio`` (``GSPTransport``).
+        project: a learned linear map of every cell (C -> C, from the identity) before the costs;
+            the pool pools the mapped cells (the reference transports embedded cells).
+        norm: how the costs normalise a cell: 'unit' or 'clip' (``transport.prototype_costs``).
     """
 
     # Python-side conveniences that TorchScript must not compile.
-    __jit_unused_properties__ = ["transport_ratio", "gamma", "in_chs", "spec"]
+    __jit_unused_properties__ = ["transport_ratio", "gamma", "in_chs", "spec", "learn_ratio", "project"]
 
     def __init__(
             self,
@@ -111,11 +157,15 @@ class GeneralizedSumPool(nn.Module):
             *,
             border: int = GSP_DEFAULTS["border"],
             grid_size: Optional[Sequence[int]] = None,
+            mix: str = GSP_DEFAULTS["mix"],
+            learn_ratio: bool = GSP_DEFAULTS["learn_ratio"],
+            project: bool = GSP_DEFAULTS["project"],
+            norm: str = GSP_DEFAULTS["norm"],
     ):
         super().__init__()
         if input_fmt not in INPUT_FORMATS:
             raise ValueError(f"input_fmt must be one of {INPUT_FORMATS}, got {input_fmt!r}")
-        check_gsp_args(num_prototypes, transport_ratio, gamma, border)
+        check_gsp_args(num_prototypes, transport_ratio, gamma, border, mix, learn_ratio, project, norm)
         if in_chs is not None and int(in_chs) < 1:
             raise ValueError(f"in_chs must be >= 1, got {in_chs}")
         if num_prefix_tokens < 0 or (num_prefix_tokens and input_fmt != "NLC"):
@@ -139,12 +189,27 @@ class GeneralizedSumPool(nn.Module):
                     f"known for ViT-style patch tokens of a fixed image size; use border=0 for this model"
                 )
             self._check_border(*grid_size)
-        self.transport = GSPTransport(transport_ratio, gamma)
+        self.mix = mix
+        self.norm = norm
+        self.transport = GSPTransport(transport_ratio, gamma, learn_ratio)
         factory = dict(device=device, dtype=dtype)
+        if mix == "gem":
+            self.gem_p = nn.Parameter(torch.full((1,), 3.0, **factory))
+        else:
+            self.register_parameter("gem_p", None)
         if in_chs is None:
             self.prototypes = nn.UninitializedParameter(**factory)
         else:
             self.prototypes = nn.Parameter(torch.empty(self.num_prototypes, int(in_chs), **factory))
+        if project:  # the (C, C) map and its bias, sized with the prototypes
+            self.projection = nn.UninitializedParameter(**factory) if in_chs is None else \
+                nn.Parameter(torch.empty(int(in_chs), int(in_chs), **factory))
+            self.projection_bias = nn.UninitializedParameter(**factory) if in_chs is None else \
+                nn.Parameter(torch.empty(int(in_chs), **factory))
+        else:
+            self.register_parameter("projection", None)
+            self.register_parameter("projection_bias", None)
+        if in_chs is not None:
             self.reset_parameters()
 
     @property
@@ -160,9 +225,18 @@ class GeneralizedSumPool(nn.Module):
         return None if self.is_lazy() else self.prototypes.shape[1]
 
     @property
+    def learn_ratio(self) -> bool:
+        return self.transport.ratio_logit is not None
+
+    @property
+    def project(self) -> bool:
+        return self.projection is not None
+
+    @property
     def spec(self) -> str:
         """The canonical ``gsp:...`` pool string of this pool's hyper-parameters."""
-        return format_gsp_spec(self.num_prototypes, self.transport_ratio, self.gamma, self.border)
+        return format_gsp_spec(self.num_prototypes, self.transport_ratio, self.gamma, self.border, self.mix,
+                               self.learn_ratio, self.project, self.norm)
 
     def is_lazy(self) -> bool:
         return isinstance(self.prototypes, nn.UninitializedParameter)
@@ -172,23 +246,33 @@ class GeneralizedSumPool(nn.Module):
         # GSP starts out as GAP and training moves the prototypes (docs/method.md).
         if not self.is_lazy():
             nn.init.normal_(self.prototypes)
+            if self.projection is not None:  # the identity: costs and pooling start on the backbone's cells
+                nn.init.eye_(self.projection)
+                nn.init.zeros_(self.projection_bias)
 
     def materialize(self, in_chs: int) -> None:
-        """Create the prototypes of a lazy pool for ``in_chs`` channels (no-op if already built)."""
+        """Create the parameters of a lazy pool for ``in_chs`` channels (no-op if already built)."""
         if self.is_lazy():
-            self.prototypes.materialize((self.num_prototypes, int(in_chs)))
+            self._materialize_shapes(int(in_chs))
             self.reset_parameters()
+
+    def _materialize_shapes(self, in_chs: int) -> None:
+        self.prototypes.materialize((self.num_prototypes, in_chs))
+        if self.projection is not None:
+            self.projection.materialize((in_chs, in_chs))
+            self.projection_bias.materialize((in_chs,))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
         key = prefix + PROTOTYPES
         if self.is_lazy() and key in state_dict and state_dict[key].dim() == 2:
             # the width comes from the checkpoint, the count from this pool: another K is a size mismatch
-            self.prototypes.materialize((self.num_prototypes, state_dict[key].shape[1]))
+            self._materialize_shapes(state_dict[key].shape[1])
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        if key in missing_keys:
-            missing_keys.remove(key)  # a backbone checkpoint: the prototypes are new parameters
+        # a backbone checkpoint: the pool's parameters are new (loaders of trained GSP models require them)
+        own = [prefix + name for name, _ in self.named_parameters()]
+        missing_keys[:] = [k for k in missing_keys if k not in own]
 
     @torch.no_grad()
     def init_prototypes_kcenter(self, features: torch.Tensor, seed: Optional[int] = 0) -> torch.Tensor:
@@ -203,6 +287,8 @@ class GeneralizedSumPool(nn.Module):
             indices: (K,) rows of the flattened (M, C) features chosen as prototypes.
         """
         flat = features if features.dim() == 2 else self._to_tokens(features).flatten(0, 1)
+        if self.projection is not None and not self.is_lazy() and flat.shape[1] == self.prototypes.shape[1]:
+            flat = self._project(flat)  # prototypes live where the costs are computed
         if flat.shape[0] < self.num_prototypes:
             raise ValueError(f"k-center needs at least K={self.num_prototypes} features, got {flat.shape[0]}")
         self.materialize(flat.shape[1])
@@ -274,14 +360,38 @@ class GeneralizedSumPool(nn.Module):
             return grid
         return None
 
+    def _project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(..., C) -> (..., C): the learned map of ``project``; the identity without it."""
+        weight, bias = self.projection, self.projection_bias
+        if weight is None or bias is None:
+            return tokens
+        return torch.nn.functional.linear(tokens, weight.to(tokens.dtype), bias.to(tokens.dtype))
+
     def _pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, C) -> (B, C) in float32 (float64 for float64 input)."""
         compute_dtype = torch.float64 if tokens.dtype == torch.float64 else torch.float32
         # Plain NCHW is read as (B, C, N) in place, tokens as (B, N, C): no transpose copy.
         features, channel_dim = dense_layout(tokens.to(compute_dtype), 2)
-        costs = prototype_costs(features, self.prototypes.to(compute_dtype), channel_dim)
+        if self.projection is not None:
+            features, channel_dim = self._project(token_view(features, channel_dim)), 2
+        costs = prototype_costs(features, self.prototypes.to(compute_dtype), channel_dim, self.norm)
         plan = self.transport(costs)
-        return weighted_sum(features, plan.weights, channel_dim)
+        return self._mix(features, plan.weights, channel_dim)
+
+    def _mix(self, features: torch.Tensor, weights: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        """Features (B, N, C) or (B, C, N) (``channel_dim`` 2 or 1) and weights (B, N) -> (B, C) by ``mix``."""
+        if self.mix == "sum":
+            return weighted_sum(features, weights, channel_dim)
+        cells = 3 - channel_dim  # the dimension of the N cells
+        if self.mix == "addmax":
+            return weighted_sum(features, weights, channel_dim) + features.amax(cells)
+        reweighted = features * (weights * weights.shape[1]).unsqueeze(channel_dim)  # m_j f_j
+        if self.mix == "max":
+            return reweighted.amax(cells)
+        p = self.gem_p
+        assert p is not None  # mix == "gem" has its exponent (TorchScript's Optional refinement)
+        p = p.to(features.dtype)
+        return reweighted.clamp_min(1e-6).pow(p).mean(cells).pow(1.0 / p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self._to_tokens(x)  # (B, N, C)
@@ -308,6 +418,9 @@ class GeneralizedSumPool(nn.Module):
         )
         if self.border:
             text += f", border={self.border}"
+        for key in ("mix", "project", "norm"):
+            if getattr(self, key) != GSP_DEFAULTS[key]:
+                text += f", {key}={getattr(self, key)}"
         return text + (f", grid_size={self.grid_size}" if self.grid_size is not None else "")
 
 

@@ -30,7 +30,7 @@ mode only, plain ops under ``torch.jit.script``).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,7 @@ __all__ = [
     "prototype_costs",
     "weighted_sum",
     "dense_layout",
+    "token_view",
     "solve_threshold",
     "MAX_SOLVER_ITERS",
 ]
@@ -66,7 +67,7 @@ def _machine_eps(dtype: torch.dtype) -> float:
     return 2.220446049250313e-16 if dtype == torch.float64 else 1.1920928955078125e-07
 
 
-def _token_view(features: torch.Tensor, channel_dim: int) -> torch.Tensor:
+def token_view(features: torch.Tensor, channel_dim: int) -> torch.Tensor:
     """(B, N, C) view of features laid out (B, N, C) (channel_dim 2) or (B, C, N) (channel_dim 1)."""
     return features if channel_dim == 2 else features.transpose(1, 2)
 
@@ -138,7 +139,7 @@ class _WeightedSum(torch.autograd.Function):
     def forward(ctx, features: torch.Tensor, weights: torch.Tensor, channel_dim: int) -> torch.Tensor:
         ctx.channel_dim = channel_dim
         ctx.save_for_backward(features, weights)
-        return torch.bmm(weights.unsqueeze(1), _token_view(features, channel_dim)).squeeze(1)
+        return torch.bmm(weights.unsqueeze(1), token_view(features, channel_dim)).squeeze(1)
 
     @staticmethod
     def backward(ctx, grad_pooled: torch.Tensor):
@@ -148,7 +149,7 @@ class _WeightedSum(torch.autograd.Function):
         if ctx.needs_input_grad[0]:  # the outer product w_bj g_bc, laid out like the features
             grad_features = grad_pooled.unsqueeze(3 - channel_dim) * weights.unsqueeze(channel_dim)
         if ctx.needs_input_grad[1]:
-            channels_first = _token_view(features, channel_dim).transpose(1, 2)  # (B, C, N)
+            channels_first = token_view(features, channel_dim).transpose(1, 2)  # (B, C, N)
             grad_weights = torch.bmm(grad_pooled.unsqueeze(1), channels_first).squeeze(1)
         return grad_features, grad_weights, None
 
@@ -168,17 +169,20 @@ def weighted_sum(features: torch.Tensor, weights: torch.Tensor, channel_dim: int
     features, channel_dim = dense_layout(features, channel_dim)
     weights = weights.to(features.dtype)
     if torch.jit.is_scripting():
-        return torch.bmm(weights.unsqueeze(1), _token_view(features, channel_dim)).squeeze(1)
+        return torch.bmm(weights.unsqueeze(1), token_view(features, channel_dim)).squeeze(1)
     return _WeightedSum.apply(features, weights, channel_dim)
 
 
-def prototype_costs(features: torch.Tensor, prototypes: torch.Tensor, channel_dim: int = 2) -> torch.Tensor:
-    """Euclidean distance between L2-normalised prototypes and features, in [0, 2].
+def prototype_costs(features: torch.Tensor, prototypes: torch.Tensor, channel_dim: int = 2,
+                    norm: str = "unit") -> torch.Tensor:
+    """Euclidean distance between L2-normalised prototypes and normalised features, in [0, 2].
 
     Args:
         features: (B, N, C) when ``channel_dim == 2`` or (B, C, N) when ``channel_dim == 1``;
             read in place when contiguous in either layout (a transposed view included).
         prototypes: (K, C).
+        norm: "unit" divides each feature by its norm; "clip" only by a norm above 1 (the reference
+            release's), so a weak feature (norm r < 1) is at least 1 - r from every prototype.
 
     Returns:
         costs: (B, K, N).
@@ -192,8 +196,14 @@ def prototype_costs(features: torch.Tensor, prototypes: torch.Tensor, channel_di
         )
     features, channel_dim = dense_layout(features, channel_dim)
     unit_prototypes = F.normalize(prototypes, dim=1)
+    if norm == "clip":  # |p - f'|^2 = 1 + |f'|^2 - 2 p.f' with f' = f / max(|f|, 1)
+        tokens = token_view(features, channel_dim)
+        norms = torch.linalg.vector_norm(tokens, dim=2, keepdim=True)  # (B, N, 1)
+        dots = torch.matmul(tokens / norms.clamp_min(1.0), unit_prototypes.t())  # (B, N, K)
+        squared = 1.0 + norms.clamp_max(1.0).square() - 2.0 * dots
+        return squared.clamp_min(1e-8).sqrt().transpose(1, 2)
     if torch.jit.is_scripting():  # custom autograd kernels are not scriptable: the same in plain ops
-        tokens = _token_view(features, channel_dim)
+        tokens = token_view(features, channel_dim)
         cosine = torch.matmul(F.normalize(tokens, dim=2), unit_prototypes.t()).transpose(1, 2)
     else:
         cosine = _CosineToPrototypes.apply(features, unit_prototypes, channel_dim)  # (B, K, N)
@@ -261,7 +271,8 @@ def solve_threshold(closeness: torch.Tensor, transport_ratio: float, max_iters: 
     return t
 
 
-def _transport(costs: torch.Tensor, transport_ratio: float, gamma: float) -> TransportPlan:
+def _transport(costs: torch.Tensor, transport_ratio: float, gamma: float,
+               ratio: Optional[torch.Tensor] = None) -> TransportPlan:
     """``gsp_transport`` without argument checks or autocast handling, in the dtype of ``costs``."""
     logits = costs * (-gamma)  # (B, K, N)
     assignment = torch.softmax(logits, dim=1)  # (B, K, N): softmax_i(-gamma c_ij)
@@ -279,6 +290,8 @@ def _transport(costs: torch.Tensor, transport_ratio: float, gamma: float) -> Tra
         s_star = torch.sigmoid(t_star + closeness)
         slope = (s_star * (1.0 - s_star)).mean(dim=1, keepdim=True).detach().clamp_min(1e-30)
         newton_step = -(s_star.mean(dim=1, keepdim=True) - transport_ratio) / slope
+        if ratio is not None:  # a learned ratio (of value transport_ratio) gets the implicit dt/dmu = 1 / g'(t*)
+            newton_step = newton_step + (ratio.reshape(1, 1) - transport_ratio) / slope
         selected = torch.sigmoid(t_star + (newton_step - newton_step.detach()) + closeness)
         # sum_j s_j = n * mu at the root; dividing by the sum instead removes the solver's
         # residual from the weights, and its gradient is zero there (implicit t).
@@ -287,7 +300,8 @@ def _transport(costs: torch.Tensor, transport_ratio: float, gamma: float) -> Tra
     return TransportPlan(weights, attributes)
 
 
-def gsp_transport(costs: torch.Tensor, transport_ratio: float, gamma: float) -> TransportPlan:
+def gsp_transport(costs: torch.Tensor, transport_ratio: float, gamma: float,
+                  ratio: Optional[torch.Tensor] = None) -> TransportPlan:
     """Pooling weights and prototype attributes of GSP's entropy-smoothed partial transport.
 
     Computed in float32 (float64 for float64 input) with autocast disabled; gradients are the
@@ -297,6 +311,8 @@ def gsp_transport(costs: torch.Tensor, transport_ratio: float, gamma: float) -> 
         costs: (B, K, N) prototype-to-feature costs.
         transport_ratio: ``mu`` in (0, 1], the share of feature mass that is transported.
         gamma: entropy weight (inverse temperature) > 0.
+        ratio: a learned ``mu`` as a one-element tensor of value ``transport_ratio``, to receive the
+            implicit gradient ``dt/dmu = 1 / g'(t)``; None for a fixed ratio.
 
     Returns:
         TransportPlan with weights (B, N) and attributes (B, K), in the compute dtype.
@@ -304,8 +320,10 @@ def gsp_transport(costs: torch.Tensor, transport_ratio: float, gamma: float) -> 
     if costs.dim() != 3 or costs.shape[1] == 0 or costs.shape[2] == 0:
         raise ValueError(f"costs must have shape (B, K, N) with K, N >= 1, got {list(costs.shape)}")
     compute_dtype = torch.float64 if costs.dtype == torch.float64 else torch.float32
+    if ratio is not None:
+        ratio = ratio.to(compute_dtype)
     if torch.jit.is_scripting():
-        return _transport(costs.to(compute_dtype), transport_ratio, gamma)
+        return _transport(costs.to(compute_dtype), transport_ratio, gamma, ratio)
     check_gsp_args(transport_ratio=transport_ratio, gamma=gamma)
     with torch.autocast(device_type=costs.device.type, enabled=False):
-        return _transport(costs.to(compute_dtype), float(transport_ratio), float(gamma))
+        return _transport(costs.to(compute_dtype), float(transport_ratio), float(gamma), ratio)
