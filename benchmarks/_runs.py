@@ -1,15 +1,25 @@
 """What the benchmark scripts share: runs of examples/train.py, reading them back, the object weight
-share of GSP, and the seed-summary table / figures."""
+share of GSP, the seed-summary table / figures, and the portable paths of the records.
+
+Portable paths: a record (a run's results.json, a summary, a table) names no directory of the machine
+that wrote it. ``portable_path`` writes a file of this repository relative to its root
+(``benchmarks/results/folder_fashion_runs/gap_seed0``), a folder in the dataset cache
+(``timm_gsp.data.default_cache_root()``: ``$TIMM_GSP_CACHE``, else ``~/.cache/timm_gsp``) as
+``<cache>/<name>`` (``<cache>/scenes-s0-v1``), and anything else as ``<elsewhere>/<its last name>``.
+``train_run`` scrubs each run's records right after the run; ``scrub_records`` (``python
+benchmarks/scrub_records.py``) re-writes every record of the repository the same way, idempotently."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+import tempfile
+from pathlib import Path, PurePosixPath
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, Iterable, List, Sequence, Tuple, TypeVar
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import torch
@@ -23,14 +33,159 @@ NAMES = {"precision_at_1": "P@1", "r_precision": "R-Precision", "map_at_r": "MAP
 
 
 def train_run(out: Path, flags: Sequence[str], force: bool = False) -> Path:
-    """``examples/train.py --output out <flags>`` as a subprocess, unless ``out`` already holds its results."""
+    """``examples/train.py --output out <flags>`` as a subprocess, unless ``out`` already holds its results;
+    then the run's records name their paths portably (``scrub_run``)."""
     if force or not (out / "results.json").is_file():
         shutil.rmtree(out, ignore_errors=True)
         cmd = [sys.executable, str(ROOT / "examples" / "train.py"), *flags, "--no-progress", "--output", str(out)]
         print("$", " ".join(cmd[1:]), flush=True)
         env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         subprocess.run(cmd, check=True, env=env)
+    try:
+        scrub_run(out)
+    except OSError as error:  # a finished run is worth more than its paths: benchmarks/scrub_records.py does it later
+        print(f"note: the records of {portable_path(out)} keep their paths ({error})", flush=True)
     return out
+
+
+# --- portable paths in the records ------------------------------------------------------------------
+
+CACHE_MARK = "<cache>"  # timm_gsp.data.default_cache_root()
+ELSEWHERE_MARK = "<elsewhere>"  # a folder neither in this repository nor in the cache: its name only
+# first directories of absolute paths that are one machine's own (home, scratch and temporary folders)
+MACHINE_ROOTS = ("root", "home", "work", "tmp", "Users", "mnt", "var", "private", "scratch", "opt", "srv", "media",
+                 "Volumes")
+_STOP = r"\s\"'`<>|,;()\[\]{}"  # characters that end a path in a record's text
+MACHINE_PATH = re.compile(r"(?<![\w.:/\\~<>-])/(?:" + "|".join(MACHINE_ROOTS) + r")/[^" + _STOP + r"]*"
+                          r"|(?<![\w\\])[A-Za-z]:\\{1,2}[^" + _STOP + r"]*")
+RECORD_SUFFIXES = (".json", ".jsonl", ".md", ".txt", ".yaml", ".yml", ".csv")
+_OUTPUT_KEY = re.compile(r'("output":\s*)"((?:/|[A-Za-z]:\\)[^"]*)"')
+_REPO_TOP = ("benchmarks", "examples", "docs", "tests", "timm_gsp")
+
+
+def _cache_roots() -> List[PurePosixPath]:
+    from timm_gsp.data import default_cache_root
+    roots = [default_cache_root()]
+    return [PurePosixPath(os.path.normpath(str(r))) for r in dict.fromkeys([*roots, *(r.resolve() for r in roots)])]
+
+
+def portable_path(path) -> str:
+    """``path`` as a reader on another machine can resolve it (see the module docstring); a relative path,
+    or one already portable, is returned as it is.
+
+    Absolute paths this machine did not write are recognised too: a folder of the default cache of any
+    machine (``.../.cache/timm_gsp/<name>``) is ``<cache>/<name>``, and a file of another checkout of this
+    repository (``/x/checkout/benchmarks/results/...``) is relative to that checkout.
+    """
+    text = str(path)
+    if re.match(r"[A-Za-z]:[\\/]", text):  # a Windows path
+        return ELSEWHERE_MARK + "/" + re.split(r"[\\/]+", text.rstrip("\\/"))[-1]
+    if not text.startswith("/"):
+        return text
+    p = PurePosixPath(os.path.normpath(text))
+    for root in dict.fromkeys([ROOT, ROOT.resolve()]):
+        root = PurePosixPath(root)
+        if p == root or root in p.parents:
+            return p.relative_to(root).as_posix()
+    for cache in _cache_roots():
+        if p == cache or cache in p.parents:
+            return PurePosixPath(CACHE_MARK, p.relative_to(cache)).as_posix()
+    parts = p.parts
+    for i in range(1, len(parts) - 1):
+        if parts[i] == ".cache" and parts[i + 1] == "timm_gsp":
+            return PurePosixPath(CACHE_MARK, *parts[i + 2:]).as_posix()
+    for i in range(1, len(parts) - 1):
+        if parts[i] in _REPO_TOP and (ROOT / parts[i] / parts[i + 1]).exists():
+            return PurePosixPath(*parts[i:]).as_posix()
+    return f"{ELSEWHERE_MARK}/{p.name}"
+
+
+def portable_text(text: str, run_dir: Optional[str] = None) -> str:
+    """``text`` with every absolute path of a machine (``MACHINE_PATH``) written by ``portable_path``;
+    numbers and everything else untouched. ``run_dir``: the text is that run's results.json, whose
+    ``"output"`` is the run folder itself (wherever it was first written): it becomes ``run_dir``.
+    Idempotent."""
+    if run_dir is not None:
+        text = _OUTPUT_KEY.sub(lambda m: f'{m.group(1)}"{run_dir}"', text)
+
+    def one(match: "re.Match") -> str:
+        found = match.group(0)
+        core = found.rstrip(".:")  # a sentence's full stop is not part of the path
+        return portable_path(core.replace("\\\\", "\\")) + found[len(core):]
+    return MACHINE_PATH.sub(one, text)
+
+
+def scrub_file(path: Path, run_dir: Optional[str] = None) -> bool:
+    """Re-write one record's paths with ``portable_text``, atomically (a temporary sibling renamed into
+    place, the file's mode kept), only if something changes and the file did not change meanwhile.
+    Files that are not UTF-8 text are left alone. Returns whether the file was re-written."""
+    stat = path.stat()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    new = portable_text(text, run_dir)
+    if new == text:
+        return False
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(new.encode("utf-8"))
+        os.chmod(tmp, stat.st_mode & 0o7777)
+        now = path.stat()
+        if (now.st_mtime_ns, now.st_size) != (stat.st_mtime_ns, stat.st_size):
+            return False  # written meanwhile: leave it to the next scrub
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return True
+
+
+def _run_dir_of(path: Path) -> Optional[str]:
+    """The run folder, relative to the repository, of a run's results.json (else None)."""
+    if path.name != "results.json" or not (path.parent / "metrics.jsonl").is_file():
+        return None
+    folder = path.parent.resolve()
+    return folder.relative_to(ROOT).as_posix() if folder.is_relative_to(ROOT) else None
+
+
+def scrub_run(out: Path) -> List[Path]:
+    """Scrub the records of one finished run folder (its own files; not inside ``checkpoint*`` folders,
+    which are never committed). Returns the files re-written."""
+    out = Path(out)
+    if not (out / "results.json").is_file():
+        return []
+    changed = []
+    for path in sorted(out.rglob("*")):
+        if path.is_file() and path.suffix in RECORD_SUFFIXES and not any(
+                part.startswith("checkpoint") for part in path.relative_to(out).parts[:-1]):
+            if scrub_file(path, _run_dir_of(path)):
+                changed.append(path)
+    return changed
+
+
+def record_files(folders: Sequence[str] = ("benchmarks", "examples", "docs")) -> List[Path]:
+    """The records under ``folders``: git-tracked files and new files git does not ignore, with a record
+    suffix (``RECORD_SUFFIXES``; code is not a record), less the files of unfinished runs (a folder with
+    ``metrics.jsonl`` and no ``results.json``: a run still writing them)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *folders],
+                            cwd=ROOT, check=True, capture_output=True).stdout.decode("utf-8").split("\0")
+    files = []
+    for name in dict.fromkeys(filter(None, listed)):
+        path = ROOT / name
+        if path.suffix not in RECORD_SUFFIXES or not path.is_file():
+            continue
+        if (path.parent / "metrics.jsonl").is_file() and not (path.parent / "results.json").is_file():
+            continue
+        files.append(path)
+    return files
+
+
+def scrub_records(folders: Sequence[str] = ("benchmarks", "examples", "docs")) -> List[Path]:
+    """Re-write every record under ``folders`` (``record_files``) with portable paths; idempotent (a second
+    call changes nothing). Returns the files re-written."""
+    return [path for path in record_files(folders) if scrub_file(path, _run_dir_of(path))]
 
 
 def run_side_by_side(jobs: int, run: Callable[[T], None], work: Sequence[T]) -> None:
@@ -223,10 +378,17 @@ def collect_methods(summary: Dict, methods: Dict[str, Tuple[str, List[str]]], se
 
 
 def gsp_weight_maps(summary: Dict, runs_dir: Path, test_batches, path: Path, count: int = 10) -> None:
-    """``weight_map_figure`` of the first GSP+ZSR (else GSP) run over ``count`` evenly spaced test images."""
+    """``weight_map_figure`` of the first GSP+ZSR (else GSP) run over ``count`` evenly spaced test images;
+    without that run's weights (they are not committed: a fresh checkout has only the numbers) the figure
+    is left as it is."""
     for name in ("gsp_zsr", "gsp"):
         if name in summary["methods"]:
-            model, results = load_trained(runs_dir / f"{name}_seed{summary['methods'][name]['runs'][0]['seed']}")
+            out = runs_dir / f"{name}_seed{summary['methods'][name]['runs'][0]['seed']}"
+            weights = out / (read_run(out).get("checkpoint") or "") / "model.safetensors"
+            if not weights.is_file():
+                print(f"{path.name} left as it is: no weights at {portable_path(weights)}", flush=True)
+                return
+            model, results = load_trained(out)
             images, boxes = next(iter(test_batches(model, results, batch_size=100_000)))
             pick = torch.arange(0, len(images), max(len(images) // count, 1))[:count]
             cfg = results.model.data_config
@@ -249,9 +411,10 @@ def stage_table(stages: Dict[str, List[str]], seeds: Sequence[int], rows: Sequen
 
 def write_report(name: str, summary: Dict, header: List[str], lines: List[str], runs_dir: Path, test_batches) -> None:
     """A benchmark's outputs in ``RESULTS``: ``<name>_results.md`` (header + table lines), ``<name>_results.json``
-    (the summary), ``<name>_metrics.png`` and ``<name>_weight_maps.png`` (GSP's weights on test images)."""
-    (RESULTS / f"{name}_results.md").write_text("\n".join(header + lines) + "\n")
-    (RESULTS / f"{name}_results.json").write_text(json.dumps(summary, indent=2))
+    (the summary), ``<name>_metrics.png`` and ``<name>_weight_maps.png`` (GSP's weights on test images); the
+    text with portable paths (``portable_text``)."""
+    (RESULTS / f"{name}_results.md").write_text(portable_text("\n".join(header + lines) + "\n"))
+    (RESULTS / f"{name}_results.json").write_text(portable_text(json.dumps(summary, indent=2)))
     plot_summary(summary, RESULTS / f"{name}_metrics.png", "object box")
     gsp_weight_maps(summary, runs_dir, test_batches, RESULTS / f"{name}_weight_maps.png")
 

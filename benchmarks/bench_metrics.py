@@ -31,12 +31,13 @@ the k pml recommends for MAP@R (``k=None`` would return N x N neighbour indices)
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
 import torch
+
+from _memory import PeakMemory  # the benchmarks' one peak-memory meter (benchmarks/_memory.py)
 
 SOP_N, SOP_CLASSES = 60_502, 11_316
 
@@ -61,29 +62,13 @@ def make_data(n: int, num_classes: int, dim: int, noise: float, seed: int):
     return emb, labels
 
 
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
 def _measure(fn):
-    """Run fn(); return (result, wall seconds, CPU seconds, peak extra bytes, method)."""
-    try:
-        before = _rss_kb("VmRSS")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM (peak RSS) to the current RSS
-        method = "VmHWM after clear_refs"
-    except OSError:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        method = "ru_maxrss delta (lower bound)"
-    start, cpu_start = time.perf_counter(), time.process_time()
-    result = fn()
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    after = _rss_kb("VmHWM") if method.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return result, seconds, cpu, max(after - before, 0) * 1024, method
+    """Run fn(); return (result, wall seconds, CPU seconds, peak extra bytes, method, process peak bytes or None)."""
+    with PeakMemory(sample_anon=False) as memory:  # no sampler thread beside the timed call
+        start, cpu_start = time.perf_counter(), time.process_time()
+        result = fn()
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return result, seconds, cpu, memory.peak_rss_bytes, memory.method, memory.process_peak_bytes
 
 
 def worker(args) -> dict:
@@ -96,7 +81,7 @@ def worker(args) -> dict:
         metric = RetrievalMetrics(k_values=(1, 2, 4, 8), distance="cosine", chunk_size=args.chunk_size)
         for s in range(0, len(labels), 256):  # like an eval loop
             metric.update(emb[s : s + 256], labels[s : s + 256])
-        values, seconds, cpu, peak, method = _measure(metric.compute)
+        values, seconds, cpu, peak, method, process_peak = _measure(metric.compute)
     else:
         from pytorch_metric_learning.distances import CosineSimilarity
         from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
@@ -108,10 +93,10 @@ def worker(args) -> dict:
             knn_func=CustomKNN(CosineSimilarity(), batch_size=args.chunk_size),
             device=torch.device("cpu"),
         )
-        values, seconds, cpu, peak, method = _measure(lambda: calc.get_accuracy(emb, labels))
+        values, seconds, cpu, peak, method, process_peak = _measure(lambda: calc.get_accuracy(emb, labels))
         values["map_at_r"] = values.pop("mean_average_precision_at_r")
     return {"values": values, "seconds": seconds, "cpu_seconds": cpu, "peak_extra_bytes": peak, "method": method,
-            "final_rss_bytes": _rss_kb("VmHWM") * 1024 if method.startswith("VmHWM") else None,
+            "final_rss_bytes": process_peak,
             "threads": torch.get_num_threads()}
 
 

@@ -35,7 +35,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
@@ -47,6 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # import timm_gsp from this checkout
 
 from timm_gsp.search import build_faiss_index, read_index, search, search_faiss, write_index  # noqa: E402
+
+from _memory import PeakMemory  # noqa: E402  the benchmarks' one peak-memory meter (benchmarks/_memory.py)
 
 K = 10
 ITEMS_PER_CLASS = 50
@@ -87,39 +88,6 @@ def queries(args) -> torch.Tensor:
 
 
 # --- one method, in its own process -------------------------------------------------------------
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-class PeakMemory:
-    """Peak RSS (VmHWM, reset at start) and sampled peak RssAnon growth inside a ``with`` block."""
-
-    def __enter__(self):
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # VmHWM := current RSS
-        self.rss, self.anon = _status_kb("VmRSS"), _status_kb("RssAnon")
-        self.peak_anon, self.running = self.anon, True
-        self.sampler = threading.Thread(target=self._sample, daemon=True)
-        self.sampler.start()
-        return self
-
-    def _sample(self) -> None:
-        while self.running:
-            self.peak_anon = max(self.peak_anon, _status_kb("RssAnon"))
-            time.sleep(0.005)
-
-    def __exit__(self, *exc) -> None:
-        self.running = False
-        self.sampler.join()
-        self.peak_anon = max(self.peak_anon, _status_kb("RssAnon"))
-        self.peak_rss_bytes = (_status_kb("VmHWM") - self.rss) * 1024
-        self.peak_anon_bytes = (self.peak_anon - self.anon) * 1024
-
 
 def _timed(fn: Callable):
     start = time.perf_counter()
@@ -239,7 +207,8 @@ def main() -> None:
                     "faiss-hnsw": f"faiss HNSWFlat M={args.hnsw_m} efC={args.ef_construction}"}[report["method"]]
             rows.append([f"{name} {run['setting']}".strip(), f"{report['build_s']:.1f}", f"{run['search_s']:.2f}",
                          f"{exact_s / run['search_s']:.1f}x", f"{recall(exact, result):.3f}", f"{agree}/{total}",
-                         f"{report['peak_rss_bytes'] / 2**30:.2f}", f"{report['peak_anon_bytes'] / 2**30:.2f}"])
+                         f"{report['peak_rss_bytes'] / 2**30:.2f}",
+                         "–" if report["peak_anon_bytes"] is None else f"{report['peak_anon_bytes'] / 2**30:.2f}"])
     header = ["method", "build s", f"search s ({args.num_queries} q)", "speed-up", f"recall@{K}",
               f"top-{K} = exact", "peak RSS GiB", "peak anon GiB"]
     print(f"\n{args.num_queries} queries, gallery {args.num_items:,} x {args.dim} (memory-mapped index, "

@@ -11,7 +11,7 @@ Outputs (``benchmarks/results/``): ``collage_results.json``, ``collage_results.m
 ``collage_weight_maps.png`` (GSP+ZSR weights over test images), ``collage_metrics.png`` (MAP@R per
 method and seed; object weight share vs area share). Runs already done are reused; ``--force`` redoes them.
 
-    TIMM_GSP_CACHE=/tmp/gspcache python benchmarks/collage_benchmark.py                 # 4 methods x 3 seeds
+    python benchmarks/collage_benchmark.py                                              # 4 methods x 3 seeds
     python benchmarks/collage_benchmark.py --seeds 0 1 2 3 4 --methods gap gsp_zsr
     python benchmarks/collage_benchmark.py --report-only                                # re-collect only
 """

@@ -6,7 +6,7 @@ never the test classes) as a subprocess, one after the other (the target machine
 Results go to ``benchmarks/results/recipe_search.json`` and the table ``benchmarks/recipe_search.md``.
 Finished trials are skipped on re-run (their ``results.json`` is reused); ``--force`` re-runs them.
 
-    TIMM_GSP_CACHE=/tmp/gspcache python benchmarks/recipe_search.py            # all trials
+    python benchmarks/recipe_search.py                                          # all trials
     python benchmarks/recipe_search.py --only gap_lr1e-2 gsp_zsr_lr3e-3         # some trials
     python benchmarks/recipe_search.py --report-only                             # rewrite the .md only
 """
@@ -76,7 +76,7 @@ def run_trial(name: str, flags, force: bool) -> dict:
 
 def write_md(rows) -> None:
     lines = ["# Recipe search (collage, validation split of the training classes)", "",
-             "Re-run: `TIMM_GSP_CACHE=/tmp/gspcache python benchmarks/recipe_search.py` "
+             "Re-run: `python benchmarks/recipe_search.py` "
              "(trials already done are reused; `--force` re-runs).", "",
              "Every trial: `examples/train.py " + " ".join(COMMON) + "` plus the flags below. "
              "Evaluated on 20 of the 100 training classes held out (`--val-fraction 0.2`); "

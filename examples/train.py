@@ -12,9 +12,9 @@ Without ``--recipe`` the dataset picks it: ``folder`` -> ``folder``, ``cub`` -> 
 dataset at all -> ``collage``. The run prints its recipe, learning rates and transforms at start.
 
 Every run writes to ``--output`` (refused if it already holds a run: ``--resume`` continues it,
-``--overwrite`` replaces it): ``metrics.jsonl`` (one line per epoch), ``metrics.png``,
-``checkpoint/`` (the last epoch; safetensors, atomic, resumable), with ``--val-fraction`` also
-``checkpoint-best/`` (the epoch with the best MAP@R on the validation classes), ``results.json``
+``--overwrite`` replaces it; and, whatever the flags, while another live run holds it): ``metrics.jsonl``
+(one line per epoch), ``metrics.png``, ``checkpoint/`` (the last epoch; safetensors, atomic, resumable), with
+``--val-fraction`` also ``checkpoint-best/`` (the epoch with the best MAP@R on the validation classes), ``results.json``
 (metrics, the model description, the recipe) and, for GSP, ``gsp_weights.png``.
 
 ``--resume`` continues exactly where the run stopped. Settings that define the model, the data or the
@@ -68,13 +68,13 @@ from timm_gsp.data import (Augmentation, CachedDataset, MPerClassBatchSampler, R
                            build_eval_transform, build_train_transform, carve_validation, evaluation_splits,
                            resolve_input_config)
 from timm_gsp.distributed import local_device, start_distributed, stop_distributed
-from timm_gsp.errors import ConfigError, OutputExistsError
-from timm_gsp.evaluate import evaluate_retrieval
+from timm_gsp.errors import ConfigError, OutputExistsError, OutputWriteError
+# chance_precision_at_1: P@1 of a random ranking, what learning_check compares a run's P@1 with
+from timm_gsp.evaluate import chance_precision_at_1, check_evaluation_split, evaluate_retrieval
 from timm_gsp.losses import GSPMetricLoss
-from timm_gsp.metrics import relevant_counts
 from timm_gsp.run_results import RunResults, pretrained_weights_record
 from timm_gsp.spec import BASELINE_POOLS, pool_spec
-from timm_gsp.utils import dry_forward, world_size_and_rank, write_file_atomic
+from timm_gsp.utils import CLAIM_FILE, FolderClaim, dry_forward, world_size_and_rank, write_file_atomic
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 DEFAULT_RECIPE = "collage"
@@ -289,24 +289,6 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         timm_gsp.format_gsp_spec(**gsp_options(args))
     except ValueError as error:
         parser.error(str(error))
-    check_pretrained_path(parser, args)
-
-
-def check_pretrained_path(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """--pretrained-path is a readable timm checkpoint of --model: the model is built with it here, before
-    the output folder is touched, so a wrong file is a usage error (exit 2) that leaves nothing behind.
-    (The library names the file and its first mismatching keys.) A resumed run needs no file: its
-    checkpoint holds every weight."""
-    if args.pretrained_path is None or args.resume:
-        return
-    try:
-        description = model_description(args)
-    except ConfigError as error:
-        parser.error(str(error))
-    try:
-        description.build(pretrained_path=args.pretrained_path)
-    except ConfigError as error:
-        parser.error(f"--pretrained-path {error}")
 
 
 class Distributed:
@@ -364,26 +346,56 @@ def seed_everything(seed: int) -> None:
 
 # --- the run folder ------------------------------------------------------------------------------
 
-def prepare_output(args: argparse.Namespace, env: Distributed) -> Path:
-    """The output folder, refusing to replace a run unless --resume or --overwrite says so."""
+def prepare_output(args: argparse.Namespace, env: Distributed, exits: contextlib.ExitStack) -> Path:
+    """The output folder, this run's from its first look at it until the run ends, however it ends: rank 0
+    claims it (``FolderClaim``: a lock that dies with its process, so a killed run's claim is taken
+    over), refusing a folder another live run holds (--resume and --overwrite too), and one that holds a
+    run unless --resume or --overwrite says so. ``exits`` releases the claim; a folder the claim made
+    goes with it if the run wrote nothing into it, and one that was there before is left as it was
+    (--overwrite replaces the previous run only once this one can start: ``clear_previous_run``)."""
     output = Path(args.output)
+    refusal = None
+    if env.is_main:
+        try:
+            claim_output(args, output, exits)
+        except TimmGSPError as error:
+            refusal = error
+    refusal = env.all_gather_object(refusal)[0]  # every rank stops with rank 0's reason
+    if refusal is not None:
+        raise refusal
+    return output
+
+
+def claim_output(args: argparse.Namespace, output: Path, exits: contextlib.ExitStack) -> None:
     if output.exists() and not output.is_dir():
         raise OutputExistsError(f"--output {output} is a file, not a folder: choose another --output")
-    existing = sorted(p.name for p in output.iterdir()) if output.is_dir() else []
-    ours = [name for name in existing if name in RUN_FILES or name.startswith(".checkpoint")]
+    claim = FolderClaim(output)
+    if not claim.acquire():
+        raise OutputExistsError(f"--output {output} is in use by {claim.holder}: wait for it to end, "
+                                f"or choose another --output")
+    exits.callback(claim.release)
     if args.resume:
-        return output
+        return
+    existing = sorted(p.name for p in output.iterdir() if p.name != CLAIM_FILE)
     if existing and not args.overwrite:
+        ours = run_files(output)
         what = ", ".join(ours) if ours else f"{len(existing)} other files"
         raise OutputExistsError(f"--output {output} already holds a run ({what}): pass --resume to continue it, "
                                 f"--overwrite to replace it, or choose another --output")
-    if env.is_main:
-        for name in ours:  # --overwrite replaces our files; anything else in the folder is the user's
+
+
+def run_files(output: Path) -> List[str]:
+    """The names in ``output`` that a run writes (anything else there is the user's)."""
+    return sorted(p.name for p in output.iterdir() if p.name in RUN_FILES or p.name.startswith(".checkpoint"))
+
+
+def clear_previous_run(args: argparse.Namespace, output: Path, env: Distributed) -> None:
+    """--overwrite: the previous run's files go once this run can start (a run that fails at its start
+    replaces nothing); anything else in the folder is the user's and stays."""
+    if env.is_main and args.overwrite:
+        for name in run_files(output):
             target = output / name
             shutil.rmtree(target) if target.is_dir() else target.unlink()
-        output.mkdir(parents=True, exist_ok=True)
-    env.barrier()
-    return output
 
 
 def check_resume_settings(args: argparse.Namespace, saved: Dict[str, Any], source: Path) -> None:
@@ -400,16 +412,9 @@ def check_resume_settings(args: argparse.Namespace, saved: Dict[str, Any], sourc
 # --- data, model, loss, optimiser ----------------------------------------------------------------
 
 def check_eval_split(splits: Dict[str, Any]) -> None:
-    """Retrieval metrics need, for some query, another item of its class in the gallery."""
-    if set(splits) == {"query", "gallery"}:
-        usable = bool(set(splits["query"].labels.tolist()) & set(splits["gallery"].labels.tolist()))
-    else:
-        (split,) = splits.values()
-        usable = bool((torch.bincount(split.labels) >= 2).any()) if len(split) else False
-    if not usable:
-        name = "+".join(f"{s.name}/{s.split}" for s in splits.values())
-        raise ConfigError(f"{name}: no class has two or more images to retrieve each other, so retrieval metrics are "
-                          "undefined; add images, or change --train-fraction / --val-fraction")
+    """Refuse a split whose metrics would be undefined, or 100 % for any model (one class): the library's
+    check, the one `timm-gsp eval` applies (timm_gsp.evaluate.check_evaluation_split)."""
+    check_evaluation_split(splits, hint=", or change --train-fraction / --val-fraction")
 
 
 def build_data(args, model, env: Distributed):
@@ -479,11 +484,18 @@ def model_description(args, data_config: Optional[Dict[str, Any]] = None) -> Ret
 
 def build_model(args, env: Distributed, resuming: bool = False) -> torch.nn.Module:
     """The model, with the backbone's pretrained weights (timm's, or --pretrained-path's file) unless the
-    run resumes: its checkpoint replaces every weight, so nothing is downloaded or read for it."""
+    run resumes: its checkpoint replaces every weight, so nothing is downloaded or read for it.
+    It is built before the output folder is touched, once: a --pretrained-path that is missing,
+    unreadable or of another architecture is a usage error (exit 2, the library names the file and its
+    first mismatching keys) that leaves nothing behind."""
     pretrained = (args.pretrained or args.pretrained_path is not None) and not resuming
     pretrained_path = None if resuming else args.pretrained_path
     try:
         model = model_description(args).build(pretrained=pretrained, pretrained_path=pretrained_path)
+    except ConfigError as error:
+        if pretrained_path is None:
+            raise
+        build_parser().error(f"--pretrained-path {error}")
     except (OSError, ConnectionError) as error:
         if not pretrained or pretrained_path is not None:
             raise
@@ -644,21 +656,6 @@ def saved_update_count(saved: Dict[str, Any]) -> int:
 
 # --- is the run learning? ---------------------------------------------------------------------------
 
-def chance_precision_at_1(splits: Dict[str, Any]) -> Optional[float]:
-    """P@1 of a random ranking: the mean, over the queries the metrics count (those with an item of their
-    class to find), of the share of same-class items among the candidates: ``(n_c - 1) / (N - 1)`` within
-    one split, ``n_c / N`` of the gallery for a query / gallery pair. None when no query counts."""
-    same_set = set(splits) != {"query", "gallery"}
-    if same_set:
-        (queries,) = (split.labels for split in splits.values())
-        gallery = queries
-    else:
-        queries, gallery = splits["query"].labels, splits["gallery"].labels
-    same = relevant_counts(queries, gallery, same_set)  # R of each query, as the metrics count it
-    counted = same[same > 0]
-    return float(counted.double().mean()) / (len(gallery) - same_set) if len(counted) else None
-
-
 def learning_check(history: List[Dict[str, Any]], precision_at_1: Optional[float],
                    chance: Optional[float]) -> Optional[Dict[str, Any]]:
     """``{"not_learning": bool, ...}`` with the numbers it was judged on (see LOSS_STALL_RATIO and
@@ -697,8 +694,10 @@ def plot_metrics(history: List[Dict[str, Any]], path: Path) -> None:
     ax_metric.set(xlabel="epoch", ylabel="metric", title="retrieval on held-out classes")
     ax_metric.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        write_file_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))  # a full disk: OutputWriteError
+    finally:
+        plt.close(fig)
 
 
 def save_weight_maps(model, eval_set, path: Path, count: int = 8) -> None:
@@ -721,7 +720,8 @@ def save_weight_maps(model, eval_set, path: Path, count: int = 8) -> None:
 def train(args: argparse.Namespace) -> Dict[str, Any]:
     env = Distributed()
     try:
-        return _train(args, env)
+        with contextlib.ExitStack() as exits:  # the output folder's claim, released however the run ends
+            return _train(args, env, exits)
     finally:
         env.close()
 
@@ -738,20 +738,21 @@ def check_data_dir(args: argparse.Namespace) -> None:
         raise ConfigError(f"--data-dir {args.data_dir}: {'a file, not a folder' if root.exists() else 'no such folder'}")
 
 
-def _train(args: argparse.Namespace, env: Distributed) -> Dict[str, Any]:
+def _train(args: argparse.Namespace, env: Distributed, exits: contextlib.ExitStack) -> Dict[str, Any]:
     check_data_dir(args)
+    seed_everything(args.seed)
+    started = time.time()
+    # built before the output folder is touched: a wrong --pretrained-path is a usage error that leaves nothing
+    model = build_model(args, env, resuming=bool(args.resume))
     # which weights the run starts from, by content (a resumed run keeps its start's, below)
     weights = pretrained_weights_record(args.pretrained_path) if args.pretrained_path and not args.resume else None
-    output = prepare_output(args, env)
+    output = prepare_output(args, env, exits)
     resume = None
     if args.resume:
         resume = (output / "checkpoint") if args.resume == "auto" else Path(args.resume)
         model_state, state = load_checkpoint(resume, map_location=str(env.device))
         check_resume_settings(args, state["config"], resume)
         weights = state.get("pretrained_weights")
-    seed_everything(args.seed)
-    started = time.time()
-    model = build_model(args, env, resuming=resume is not None)
     train_set, loader, sampler, eval_splits, eval_data_config, transforms = build_data(args, model, env)
     description = model_description(args, eval_data_config)
     embed_size = embedding_size(args, model, eval_data_config)
@@ -777,6 +778,7 @@ def _train(args: argparse.Namespace, env: Distributed) -> Dict[str, Any]:
     elif args.pool == "gsp" and args.prototype_init == "kcenter":
         init_prototypes(model, train_set, env, args.seed, args)
     init_epoch = args.prototype_warmup_epochs if args.pool == "gsp" and args.prototype_init == "kcenter-pooled" else None
+    clear_previous_run(args, output, env)  # the run can start: --overwrite's previous run goes now
     if env.is_main:
         print(describe_run(args, optimizer, transforms, train_set, eval_splits, embed_size, weights), flush=True)
         if resume is not None:
@@ -892,9 +894,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (TimmGSPError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
         if wants_traceback(args.debug):
             raise
-        print(f"train.py: error: {one_line(error)}", file=sys.stderr)
+        print(f"train.py: error: {one_line(error)}{after_failed_write(args, error)}", file=sys.stderr)
         return 1
     return 0
+
+
+def after_failed_write(args: argparse.Namespace, error: BaseException) -> str:
+    """After a write that failed (a full disk): that the last checkpoint is whole, and how to go on."""
+    if isinstance(error, OutputWriteError) and (Path(args.output) / "checkpoint").is_dir():
+        return f"; the last checkpoint in {args.output} is whole: make room, then continue it with --resume"
+    return ""
 
 
 if __name__ == "__main__":

@@ -198,3 +198,30 @@ def test_permissions_follow_the_umask(tmp_path, umask):
     assert folder.stat().st_mode & 0o777 == reference.stat().st_mode & 0o777 == 0o777 & ~umask
     for path in folder.iterdir():
         assert path.stat().st_mode & 0o777 == (reference / "file").stat().st_mode & 0o777 == 0o666 & ~umask, path.name
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX rlimits")
+def test_a_save_that_cannot_be_written_is_an_output_write_error_and_keeps_the_previous(tmp_path):
+    """A real failing write (RLIMIT_FSIZE, SIGXFSZ ignored: EFBIG past 4 kB, as a full disk's ENOSPC):
+    safetensors' own error becomes an OutputWriteError (an OSError) naming the folder and the cause;
+    the previous checkpoint stays the checkpoint and nothing else is left beside it."""
+    folder = tmp_path / "checkpoint"
+    save_version(folder, 1)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    script = textwrap.dedent(f"""
+        import resource, signal, torch
+        from timm_gsp.checkpoint import save_checkpoint
+        from timm_gsp.errors import OutputWriteError
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        try:
+            save_checkpoint({str(folder)!r}, {{"w": torch.full((100_000,), 2.0)}}, {{"epoch": 2}})
+        except OutputWriteError as error:
+            assert isinstance(error, OSError) and error.errno is not None
+            print(error)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == f"cannot write {folder}: File too large"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert loaded_version(folder) == 1

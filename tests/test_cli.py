@@ -5,7 +5,10 @@ next to the interpreter); the rest goes through ``timm_gsp.cli.main`` in-process
 script calls, to keep the file fast. Every user error must be one line on stderr, exit status 1.
 """
 import json
+import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -269,14 +272,24 @@ def test_eval_report(workspace, capsys, tmp_path):
     assert read_results(tmp_path / "report" / "metrics.json").dataset == "folder"
 
 
-def test_eval_of_a_split_without_pairs_writes_null(workspace, tmp_path, capsys):
+def test_eval_of_a_split_without_pairs_is_refused_as_train_py_refuses_it(workspace, tmp_path, capsys):
     lone = make_images(tmp_path / "lone", per_class=1)
-    assert cli.main(["eval", "--model", str(workspace / "run"), "--dataset", "folder", "--root", str(lone),
-                     "--output", str(tmp_path / "r.json"), "--quiet"]) == 0
-    captured = capsys.readouterr()
-    assert "warning: no query" in captured.err and "| P@1 | n/a |" in captured.out
-    written = json.loads((tmp_path / "r.json").read_text())
-    assert set(written["metrics"].values()) == {None}
+    err = fails(capsys, "eval", "--model", workspace / "run", "--dataset", "folder", "--root", lone,
+                "--output", tmp_path / "r.json", "--quiet")
+    assert "folder/all: no class has two or more images" in err and "undefined" in err
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("classes", [1, 3], ids=["one-class-folder", "one-class-split"])
+def test_eval_of_a_split_whose_queries_cannot_be_wrong_is_refused(workspace, tmp_path, capsys, classes):
+    """One class: every neighbour is of the query's class, P@1 would be 100 % for any model."""
+    images = make_images(tmp_path / "images", num_classes=classes, per_class=3)
+    split = [] if classes == 1 else ["--split", "test"]  # 3 classes: 2 train, 1 test
+    err = fails(capsys, "eval", "--model", workspace / "run", "--dataset", "folder", "--root", images, *split,
+                "--output", tmp_path / "r.json", "--report", tmp_path / "report", "--quiet")
+    assert "every query's candidates are of its own class" in err and "100 %" in err, err
+    assert "class0" in err or "class2" in err  # the class, by name
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "report").exists()
 
 
 def test_eval_unknown_split_is_refused_before_the_model_is_built(workspace, capsys):
@@ -386,3 +399,175 @@ def test_push_errors_are_one_line_and_leave_the_folder_unchanged(exported, tmp_p
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
     assert "failed" in fails(capsys, "push", exported, "someone/model", "--token", "hf_unused")
     assert _snapshot(exported) == before
+
+
+# --- nothing lost under fire: non-finite embeddings, odd file names, forged indexes, full disks ----
+
+def _nan_model(root):
+    """A training checkpoint whose embedding layer holds NaN: a real model that embeds every image as NaN."""
+    torch.manual_seed(0)
+    state = CONFIG.build().state_dict()
+    (key,) = [k for k, v in state.items() if v.dim() == 2 and v.shape[0] == CONFIG.embed_dim]
+    state[key] = torch.full_like(state[key], float("nan"))
+    model = CONFIG.build()
+    model.load_state_dict(state)
+    return save_checkpoint(root, state, {"epoch": 0}, model_config=CONFIG), model_fingerprint(model)
+
+
+def test_embed_refuses_a_non_finite_embedding_naming_the_image(workspace, embedded, tmp_path, capsys):
+    model, fingerprint = _nan_model(tmp_path / "nan-model")
+    images = workspace / "images" / "class1"
+    err = fails(capsys, "embed", images, "--model", model, "-o", tmp_path / "nan.safetensors", "--quiet")
+    assert f"{images / 'img0.png'}" in err and "not finite" in err and f"{PER_CLASS} images" in err, err
+    assert not list(tmp_path.glob("*.safetensors")) and not list(tmp_path.glob(".nan*"))
+    # a query the model cannot embed is named too, and no score is printed: an index of finite rows
+    # recorded as this model's
+    index = read_index(embedded)
+    record = {"source": str(model), "fingerprint": fingerprint}
+    forged = _forged_index(tmp_path / "finite.safetensors", index.embeddings.clone(), index.paths, index.labels, record)
+    err = fails(capsys, "search", images / "img2.png", "--index", forged, "--quiet")
+    assert f"{images / 'img2.png'}" in err and "not finite" in err, err
+    assert capsys.readouterr().out == ""
+
+
+def _forged_index(path, embeddings, paths, labels=None, model=None):
+    """An index file written with safetensors directly: a valid header, whatever tensors it is given."""
+    from safetensors.torch import save_file
+    from timm_gsp.search import INDEX_FORMAT
+
+    def text(items):
+        return torch.tensor(list(json.dumps(items).encode()), dtype=torch.uint8)
+
+    tensors = {"embeddings": embeddings, "paths": text(paths), **({"labels": text(labels)} if labels else {})}
+    save_file(tensors, str(path), metadata={"format": INDEX_FORMAT, "model": json.dumps(model)})
+    return path
+
+
+def test_search_refuses_an_index_of_non_finite_embeddings(workspace, embedded, tmp_path, capsys):
+    index = read_index(embedded)
+    rows = index.embeddings.clone()
+    rows[1, 0], rows[4, 3] = float("nan"), float("inf")
+    bad = _forged_index(tmp_path / "nan.safetensors", rows, index.paths, index.labels, index.model)
+    err = fails(capsys, "search", workspace / "images" / "class0" / "img0.png", "--index", bad, "--quiet")
+    assert str(bad) in err and "2 of 12" in err and "not finite" in err, err
+    assert "nan" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("forgery,message", [
+    ("rows", "11 paths for 12 embeddings"),
+    ("labels", "13 labels for 12 embeddings"),
+    ("model-list", "the model record is not a JSON object"),
+    ("empty", "holds no embeddings"),
+])
+def test_a_forged_index_is_one_line_naming_the_file(workspace, embedded, tmp_path, capsys, forgery, message):
+    index = read_index(embedded)
+    rows, paths, labels, model = index.embeddings.clone(), index.paths, index.labels, index.model
+    if forgery == "rows":
+        paths = paths[:-1]
+    elif forgery == "labels":
+        labels = labels + ["class0"]
+    elif forgery == "model-list":
+        model = [model]
+    elif forgery == "empty":
+        rows, paths, labels = rows[:0], [], None
+    bad = _forged_index(tmp_path / f"{forgery}.safetensors", rows, paths, labels, model)
+    err = fails(capsys, "search", workspace / "images" / "class0" / "img0.png", "--index", bad, "--quiet")
+    assert str(bad) in err and message in err, err
+
+
+ODD_NAMES = ["two\nlines.png", "tab\there.png", "esc\x1b[31mred.png", "back\\slash 'quoted'.png"]
+
+
+def test_printable_path_escapes_control_characters_as_the_shell_reads_them_back():
+    from timm_gsp.cli_support import printable_path
+
+    assert printable_path("/data/ïmage 1.png") == "/data/ïmage 1.png"  # printable: as it is
+    assert printable_path("two\nlines.png") == "$'two\\nlines.png'"
+    assert printable_path("esc\x1b[31mred.png") == "$'esc\\x1b[31mred.png'"
+    assert printable_path("back\\slash\n'quoted'") == "$'back\\\\slash\\n\\'quoted\\''"
+    assert printable_path(ODD_NAMES[-1]) == ODD_NAMES[-1]  # printable: not quoted, even with \\ and '
+    names = [*ODD_NAMES[:-1], "back\\slash\n'quoted'.png", "bytes-\udcff-not-utf8.png", "nel\x85 ls\u2028.png"]
+    for name in names:
+        shown = printable_path(name)
+        assert shown.isprintable() and shown.startswith("$'") and "\n" not in shown
+        # bash reads the printed form back as the very same file name (bytes)
+        done = subprocess.run(["bash", "-c", f"printf %s {shown}"], capture_output=True, check=True)
+        assert done.stdout == os.fsencode(name), name
+
+
+def test_search_prints_one_line_per_hit_whatever_the_file_names(exported, tmp_path, capsys):
+    from timm_gsp.cli_support import printable_path
+
+    folder = tmp_path / "odd\nfolder" / "class0"
+    folder.mkdir(parents=True)
+    for index, name in enumerate(ODD_NAMES):
+        pixels = np.full((40, 48, 3), 60 * index, dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / name, format="PNG")
+    out = tmp_path / "odd\nfolder" / "index.safetensors"
+    assert cli.main(["embed", str(folder), "--model", str(exported), "-o", str(out), "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert said.count("\n") == 1 and printable_path(str(out)) in said
+    paths = sorted(str(folder / name) for name in ODD_NAMES)
+    assert cli.main(["search", str(folder), "--index", str(out), "-k", "4", "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 * (1 + 4)  # each query, then its 4 hits, one line each
+    queries = [line for line in lines if not line.startswith(" ")]
+    assert queries == [printable_path(path) for path in paths]
+    hits = [line.split(None, 2)[2] for line in lines if line.startswith(" ")]
+    assert sorted(set(hits)) == sorted(printable_path(path) for path in paths)
+    # --json keeps every name as it is
+    assert cli.main(["search", str(folder), "--index", str(out), "-k", "4", "--quiet", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [item["query"] for item in results] == paths
+    assert all(sorted(hit["path"] for hit in item["results"]) == paths for item in results)
+
+
+def test_the_cli_takes_its_device_from_the_distributed_module():
+    import inspect
+
+    from timm_gsp.distributed import local_device
+
+    assert "LOCAL_RANK" not in inspect.getsource(cli)  # one owner of that fact: timm_gsp.distributed
+    args = cli.build_parser().parse_args(["show", "x.png", "--model", "m", "-o", "out"])
+    assert cli._device(args) == local_device()
+    args.device = "cpu"
+    assert cli._device(args) == torch.device("cpu")
+
+
+def _limited(limit):
+    """A child process whose files cannot grow past ``limit`` bytes: a write beyond fails with EFBIG
+    ("File too large"), as on a full disk (SIGXFSZ ignored, so the write fails instead of killing it)."""
+    def start():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return start
+
+
+def run_limited(limit, *args):
+    return subprocess.run([_console_script(), *map(str, args)], capture_output=True, text=True, env=subprocess_env(),
+                          timeout=300, preexec_fn=_limited(limit))
+
+
+def test_embed_that_cannot_write_its_index_is_one_line_and_leaves_nothing(workspace, exported, tmp_path):
+    out = tmp_path / "out" / "gallery.safetensors"
+    done = run_limited(1024, "embed", workspace / "images", "--model", exported, "-o", out, "--quiet")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("timm-gsp embed: error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert str(out) in done.stderr and "File too large" in done.stderr
+    assert not out.parent.exists() or not list(out.parent.iterdir())  # no index, no temporary file
+
+
+@pytest.mark.parametrize("command", ["search", pytest.param("eval", marks=pytest.mark.slow), "show"])
+def test_a_picture_that_cannot_be_written_is_one_line(workspace, exported, embedded, tmp_path, command):
+    out = tmp_path / "out"
+    if command == "search":
+        args = ["search", workspace / "images" / "class0", "--index", embedded, "--save", out / "sheet.png"]
+    elif command == "eval":  # metrics.json and metrics.md fit, the pictures do not
+        args = ["eval", "--model", exported, "--dataset", "folder", "--root", workspace / "images", "--report", out]
+    else:
+        args = ["show", workspace / "images" / "class0" / "img0.png", "--model", exported, "-o", out]
+    done = run_limited(1024 if command == "show" else 16384, *args, "--quiet")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(f"timm-gsp {command}: error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert str(out) in done.stderr and "File too large" in done.stderr
+    assert not [p.name for p in out.rglob("*.png")], "a partial picture was left"

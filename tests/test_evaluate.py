@@ -77,3 +77,50 @@ def test_picks_and_neighbours_equal_the_dense_definition(same_set):
     picked, neighbors = _dense_examples(query, query_labels, gallery, gallery_labels, same_set, 6, 5, 9, 2)
     assert examples.queries.tolist() == picked
     assert torch.equal(examples.neighbors, neighbors)
+
+
+# --- which splits can be evaluated at all (timm_gsp.evaluate.check_evaluation_split) ----------------
+
+def _split(root, classes, split="test", name="folder"):
+    """A real dataset of real image files: ``classes`` is one class index per image."""
+    from fixtures_data import make_image
+    from timm_gsp.data.base import RetrievalDataset
+
+    paths = [str(make_image(root / split / f"{c}_{i}.png", c, i)) for i, c in enumerate(classes)]
+    return RetrievalDataset(paths, classes, [f"class{c}" for c in range(max(classes) + 1)], name=name, split=split)
+
+
+def test_a_split_whose_queries_cannot_be_wrong_is_refused(tmp_path):
+    from fixtures_data import make_folder_tree, make_inshop_tree
+    from timm_gsp import ConfigError
+    from timm_gsp.data import build_dataset
+    from timm_gsp.evaluate import check_evaluation_split
+
+    one_class = {"all": build_dataset("folder", make_folder_tree(tmp_path / "one", num_classes=1, per_class=4), "all")}
+    with pytest.raises(ConfigError, match="folder/all: every query's candidates are of its own class") as error:
+        check_evaluation_split(one_class)
+    assert "100 %" in str(error.value) and "whatever the model" in str(error.value)
+    # In-Shop with one test item: query and gallery hold one class
+    shop = make_inshop_tree(tmp_path / "shop", num_test_items=1, per_item=4)
+    pair = {name: build_dataset("inshop", shop, name) for name in ("query", "gallery")}
+    with pytest.raises(ConfigError, match="inshop/query\\+inshop/gallery: every query's candidates"):
+        check_evaluation_split(pair)
+    # a gallery that holds only class 0: the queries of class 1 have nothing to find, those of class 0 cannot miss
+    only_zero = {"query": _split(tmp_path, [0, 1, 1], "query"), "gallery": _split(tmp_path, [0, 0, 0], "gallery")}
+    with pytest.raises(ConfigError, match="every query's candidates are of its own class"):
+        check_evaluation_split(only_zero)
+    # no class with two images: nothing to retrieve (train.py's message, kept)
+    with pytest.raises(ConfigError, match="no class has two or more images"):
+        check_evaluation_split({"test": _split(tmp_path, [0, 1, 2])})
+
+
+def test_a_split_that_measures_something_passes_with_its_chance_precision(tmp_path):
+    from timm_gsp.evaluate import chance_precision_at_1, check_evaluation_split
+
+    # the lone class-1 image is not a query the metrics count, but it is a candidate the others can pick
+    mixed = {"test": _split(tmp_path, [0, 0, 0, 1])}
+    assert check_evaluation_split(mixed) == pytest.approx(2 / 3)  # each class-0 query: 2 of its 3 candidates
+    mixed = {"test": _split(tmp_path, [0, 0, 1, 1])}
+    assert check_evaluation_split(mixed) == pytest.approx(1 / 3) == chance_precision_at_1(mixed)
+    pair = {"query": _split(tmp_path, [0, 1], "query"), "gallery": _split(tmp_path, [0, 0, 1], "gallery")}
+    assert check_evaluation_split(pair) == pytest.approx((2 / 3 + 1 / 3) / 2)

@@ -229,3 +229,26 @@ def test_freeze_bn_is_moot_on_a_backbone_from_scratch(folder_tree, tmp_path, cap
     model_state, _ = load_checkpoint(output / "checkpoint")
     initial = timm.create_model("test_resnet").state_dict()
     assert not torch.equal(model_state["bn1.running_mean"], initial["bn1.running_mean"])
+
+
+def test_train_builds_the_model_once_with_the_file(weights_file, folder_tree, tmp_path, monkeypatch):
+    """The file is checked by the one build the run trains (still before the output folder is touched),
+    not by a build of its own first."""
+    import timm_gsp.factory
+
+    path, stored = weights_file(num_classes=10)
+    builds = []
+
+    def counted(*args, **kwargs):
+        builds.append(kwargs.get("pretrained_path"))
+        return real(*args, **kwargs)
+
+    real = timm_gsp.factory.create_model
+    monkeypatch.setattr(timm_gsp.factory, "create_model", counted)
+    output = tmp_path / "run"
+    assert train_script.main(["--dataset", "folder", "--data-dir", str(folder_tree(num_classes=8, per_class=4)),
+                              "--recipe", "folder", "--model", "test_resnet", "--pretrained-path", str(path), *TINY,
+                              "--epochs", "1", "--lr", "0", "--backbone-lr", "0", "--output", str(output)]) == 0
+    assert builds == [str(path)]
+    model_state, _ = load_checkpoint(output / "checkpoint")
+    assert all(torch.equal(model_state[key], stored[key]) for key in backbone_parameters())

@@ -1,5 +1,6 @@
 """Embedding indexes and search (timm_gsp.search): exactness, bounded reads, the file, the model record."""
 import hashlib
+import json
 import os
 import struct
 import sys
@@ -187,6 +188,30 @@ def test_write_checks_its_arguments(tmp_path, kwargs, message):
     assert not os.listdir(tmp_path)
 
 
+def test_write_refuses_non_finite_embeddings_naming_the_image(tmp_path):
+    embeddings = torch.randn(5, 3)
+    embeddings[3, 1], embeddings[4, 0] = float("nan"), float("-inf")
+    with pytest.raises(ConfigError, match=r"2 of 5 embeddings are not finite .* first: image d\.png") as error:
+        write_index(tmp_path / "g.safetensors", embeddings, [f"{c}.png" for c in "abcde"], MODEL)
+    assert str(tmp_path / "g.safetensors") in str(error.value)
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("chunk_rows", [2, 65536])
+def test_read_refuses_non_finite_embeddings_counting_them(tmp_path, chunk_rows):
+    from timm_gsp.search import nonfinite_rows
+
+    rows = torch.randn(7, 3)
+    rows[0, 2], rows[5, 0], rows[6, :] = float("inf"), float("nan"), float("nan")
+    assert nonfinite_rows(rows, chunk_rows=chunk_rows).tolist() == [0, 5, 6]
+    bad = tmp_path / "nan.safetensors"
+    save_file({"embeddings": rows, "paths": torch.tensor(list(json.dumps(list("abcdefg")).encode()), dtype=torch.uint8)},
+              str(bad), metadata={"format": INDEX_FORMAT, "model": json.dumps(MODEL)})
+    with pytest.raises(ConfigError, match=r"3 of 7 embeddings are not finite \(NaN or infinite\)") as error:
+        read_index(bad)
+    assert str(bad) in str(error.value) and "\n" not in str(error.value)
+
+
 def _bad_index(tmp_path, kind):
     good = write_index(tmp_path / "good.safetensors", torch.randn(4, 3), list("abcd"), MODEL)
     data = good.read_bytes()
@@ -212,6 +237,9 @@ def _bad_index(tmp_path, kind):
     elif kind == "model-not-json":
         save_file({"embeddings": torch.zeros(1, 2), "paths": torch.tensor(list(b'["a"]'), dtype=torch.uint8)},
                   str(bad), metadata={"format": INDEX_FORMAT, "model": "{oops"})
+    elif kind == "model-not-object":
+        save_file({"embeddings": torch.zeros(1, 2), "paths": torch.tensor(list(b'["a"]'), dtype=torch.uint8)},
+                  str(bad), metadata={"format": INDEX_FORMAT, "model": '["a list"]'})
     elif kind == "no-paths":
         save_file({"embeddings": torch.zeros(1, 2)}, str(bad), metadata={"format": INDEX_FORMAT})
     return bad
@@ -227,6 +255,7 @@ def _bad_index(tmp_path, kind):
     ("paths-count", "2 paths for 3 embeddings"),
     ("paths-not-json", "paths are not a JSON list"),
     ("model-not-json", "model record is not JSON"),
+    ("model-not-object", "model record is not a JSON object"),
     ("no-paths", r"lacks \['paths'\]"),
 ])
 def test_unreadable_index_is_a_config_error_naming_the_file(tmp_path, kind, message):

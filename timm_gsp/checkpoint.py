@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointMismatchError, ConfigError
 from .model_config import RetrievalModelConfig
-from .utils import PathLike, fsync_path, give_plain_file_mode, read_json_object
+from .utils import PathLike, fsync_path, give_plain_file_mode, output_write_error, read_json_object
 
 __all__ = [
     "MODEL_CONFIG_FILE", "MODEL_FILE", "load_checkpoint", "read_model_config", "restore_rng_state", "rng_state",
@@ -111,10 +111,26 @@ def save_checkpoint(folder: PathLike, model_state: Dict[str, torch.Tensor], trai
         training_state: nested dicts / lists / tuples of tensors, NumPy arrays and JSON values.
         model_config: the model's description, written as ``model_config.json`` (see
             :func:`read_model_config`).
+
+    Raises:
+        OutputWriteError: a file could not be written (no space left on the device, no permission, ...);
+            the message names the folder and the cause. The previous checkpoint stays, and what the
+            failed save wrote is removed.
     """
     if model_config is not None and not isinstance(model_config, RetrievalModelConfig):
         raise TypeError(f"model_config must be a RetrievalModelConfig, got {type(model_config).__name__}")
     folder = Path(folder)
+    try:
+        return _save(folder, model_state, training_state, model_config)
+    except (OSError, SafetensorError) as error:  # a full disk: the one-line error, the previous checkpoint kept
+        converted = output_write_error(folder, error)
+        if converted is error:
+            raise
+        raise converted from error
+
+
+def _save(folder: Path, model_state: Dict[str, torch.Tensor], training_state: Dict[str, Any],
+          model_config: Optional[RetrievalModelConfig]) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(folder)
     old = _old_sibling(folder)

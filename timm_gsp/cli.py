@@ -13,22 +13,24 @@ so ``search`` refuses queries embedded by another model. Under ``torchrun`` the 
 across the processes and rank 0 writes one index, the same as a one-process run.
 
 Errors about the input are printed as one line, ``timm-gsp <command>: error: ...``, exit status 1;
-``--debug`` (or ``TIMM_GSP_DEBUG=1``) shows their traceback. Other errors are bugs: traceback.
+``--debug`` (or ``TIMM_GSP_DEBUG=1``) shows their traceback. Other errors are bugs: traceback. A file
+that cannot be written (a full disk) is such a line too, naming it and the cause; no part of it is left.
+
+Paths in plain-text output are one line each (``cli_support.printable_path``: a name holding a newline
+or another control character is printed as the shell's ``$'...'``); ``--json`` prints them as they are.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .cli_support import DEBUG_ENV, OneLineArgumentParser, one_line, wants_traceback
+from .cli_support import DEBUG_ENV, OneLineArgumentParser, one_line, printable_path, wants_traceback
 from .errors import ConfigError, TimmGSPError
 
 __all__ = ["main", "build_parser", "collect_images", "read_labels"]
@@ -103,11 +105,9 @@ class _Loaded:
 
 
 def _device(args: argparse.Namespace) -> torch.device:
-    if args.device:
-        return torch.device(args.device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
+    from .distributed import local_device
+
+    return torch.device(args.device) if args.device else local_device()
 
 
 def _load(found: Any, args: argparse.Namespace) -> _Loaded:
@@ -128,7 +128,8 @@ def _positive(value: int, flag: str) -> int:
 
 def _embed_files(loaded: _Loaded, paths: Sequence[str], args: argparse.Namespace) -> Optional[torch.Tensor]:
     """(M, D) float32 embeddings of the images; under torchrun each process embeds its shard and
-    rank 0 gets all of them in order (the other ranks get None)."""
+    rank 0 gets all of them in order (the other ranks get None). A NaN or an infinity from the model
+    is a ``ConfigError`` naming the image."""
     from .evaluate import embed_dataset
     from .utils import world_size_and_rank
 
@@ -136,7 +137,7 @@ def _embed_files(loaded: _Loaded, paths: Sequence[str], args: argparse.Namespace
                                       num_workers=args.workers, device=_device(args), progress=not args.quiet)
     world_size, rank = world_size_and_rank()
     if world_size == 1:
-        return embeddings.cpu()
+        return _check_finite(embeddings.cpu(), paths, loaded)
     parts = [None] * world_size if rank == 0 else None
     torch.distributed.gather_object((embeddings.cpu(), order.cpu()), parts, dst=0)
     if rank != 0:
@@ -144,7 +145,20 @@ def _embed_files(loaded: _Loaded, paths: Sequence[str], args: argparse.Namespace
     merged = torch.empty(len(paths), parts[0][0].shape[1])
     for rows, indices in parts:
         merged[indices] = rows
-    return merged
+    return _check_finite(merged, paths, loaded)
+
+
+def _check_finite(embeddings: torch.Tensor, paths: Sequence[str], loaded: _Loaded) -> torch.Tensor:
+    """``embeddings``, refused when the model gave a NaN or an infinity for an image (it would rank by NaN)."""
+    from .search import nonfinite_rows
+
+    bad = nonfinite_rows(embeddings)
+    if len(bad):
+        others = f", and for {len(bad) - 1} other of the {len(paths)} images" if len(bad) > 1 else ""
+        raise ConfigError(f"{loaded.found.source} gives an embedding that is not finite (NaN or infinite) for "
+                          f"{printable_path(paths[int(bad[0])])}{others}: its weights hold NaN or overflow; "
+                          "nothing is ranked or written")
+    return embeddings
 
 
 def _start_distributed() -> bool:
@@ -174,7 +188,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
             record = {"source": loaded.found.source, "fingerprint": model_fingerprint(loaded.model),
                       "config": loaded.found.config.to_dict()}
             out = write_index(args.output, embeddings, paths, record, labels, overwrite=args.overwrite)
-            print(f"wrote {embeddings.shape[0]} embeddings of size {embeddings.shape[1]} to {out}"
+            print(f"wrote {embeddings.shape[0]} embeddings of size {embeddings.shape[1]} to {printable_path(out)}"
                   + (f" with {len(set(labels))} classes" if labels else ""))
     finally:
         if distributed:
@@ -198,8 +212,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     k = _positive(args.top_k, "--top-k")
     index = read_index(args.index)
+    if not len(index):
+        raise ConfigError(f"{args.index}: the index holds no embeddings")
     source = args.model or index.model.get("source")
-    if not source:
+    if not source or not isinstance(source, str):
         raise ConfigError(f"{args.index} records no model: pass --model")
     images = collect_images(args.queries)
     loaded = _load(find_model(source), args)
@@ -213,22 +229,22 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=1))
     else:
-        for item in results:
-            print(item["query"])
+        for item in results:  # one line per query and per hit, whatever the file names hold
+            print(printable_path(item["query"]))
             for hit in item["results"]:
-                print(f"  {hit['rank']:>3}  {hit['score']:.4f}  {hit['path']}")
+                print(f"  {hit['rank']:>3}  {hit['score']:.4f}  {printable_path(hit['path'])}")
     if args.save:
         _save_search_sheet(args.save, results, _query_labels(args, images, index.labels), args.thumb)
-        print(f"wrote {args.save}")
+        print(f"wrote {printable_path(args.save)}")
     return 0
 
 
 def _save_search_sheet(path: str, results: List[Dict[str, Any]], query_labels: List[Optional[str]], thumb: int) -> None:
+    from .evaluate import save_picture
     from .viz import Hit, retrieval_sheet
 
     hits = [[Hit(hit["path"], hit["score"], hit.get("label")) for hit in item["results"]] for item in results]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    retrieval_sheet([item["query"] for item in results], hits, query_labels=query_labels, thumb=thumb).save(path)
+    save_picture(retrieval_sheet([item["query"] for item in results], hits, query_labels=query_labels, thumb=thumb), path)
 
 
 def _eval_splits(args: argparse.Namespace) -> Dict[str, Any]:
@@ -251,30 +267,28 @@ def _eval_splits(args: argparse.Namespace) -> Dict[str, Any]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from . import __version__
-    from .evaluate import embed_splits, score_embeddings, write_sheets
+    from .evaluate import check_evaluation_split, embed_splits, score_embeddings, write_sheets
     from .model_card import metrics_table
     from .model_sources import find_model
     from .run_results import RunResults
+    from .utils import write_file_atomic
 
     for k in args.k:
         _positive(k, "--k")
     found = find_model(args.model)
     splits = _eval_splits(args)
+    check_evaluation_split(splits)  # a split whose metrics are undefined, or 100 % for any model, is refused
     loaded = _load(found, args)
     for dataset in splits.values():
         dataset.transform = loaded.transform
     embedded = embed_splits(loaded.model, splits, batch_size=args.batch_size, num_workers=args.workers,
                             device=_device(args), progress=not args.quiet)
-    with warnings.catch_warnings():  # said once, below, in the tool's words
-        warnings.simplefilter("ignore")
-        metrics = score_embeddings(embedded, tuple(args.k))
+    for name, (embeddings, _) in embedded.items():
+        _check_finite(embeddings, splits[name].samples, loaded)
+    metrics = score_embeddings(embedded, tuple(args.k))
     results = RunResults(model=loaded.found.config, metrics=metrics, dataset=args.dataset,
                          dataset_root=str(Path(args.root).resolve()) if args.root else None,
                          eval_split="+".join(splits), checkpoint=loaded.found.source, timm_gsp_version=__version__)
-    undefined = sorted(k for k, v in results.metrics.items() if v is None)
-    if undefined:
-        print(f"timm-gsp eval: warning: no query of {'+'.join(splits)} has another item of its class: "
-              f"{', '.join(undefined)} are undefined (null)", file=sys.stderr)
     table = metrics_table(results.metrics)
     print(table)
     if args.output:
@@ -283,10 +297,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         report = Path(args.report)
         results.write(report / "metrics.json")
         title = f"# Retrieval metrics of {loaded.found.source}\n\n{args.dataset}, split `{'+'.join(splits)}`\n\n"
-        (report / "metrics.md").write_text(title + table + "\n", encoding="utf-8")
+        write_file_atomic(report / "metrics.md", lambda tmp: tmp.write_text(title + table + "\n", encoding="utf-8"))
         write_sheets(report, loaded.model, splits, embedded, mean=loaded.data_config["mean"],
                      std=loaded.data_config["std"], k=args.report_k)
-        print(f"wrote {report} ({', '.join(sorted(p.name for p in report.iterdir()))})")
+        print(f"wrote {printable_path(report)} ({', '.join(sorted(p.name for p in report.iterdir()))})")
     return 0
 
 
@@ -329,12 +343,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     folder = save_pretrained(model, output, results, model_config=replace(found.config, data_config=data_config),
                              repo_id=args.repo_id, dataset=args.dataset, split=args.split, license=args.license,
                              eval_dataset=eval_dataset, batch_size=args.batch_size, num_workers=args.workers)
-    print(f"wrote {folder} ({', '.join(sorted(p.name for p in folder.iterdir()))})"
-          + (f" with the metrics of {results_path}" if results_path else " (no results: the card has no metrics)"))
+    print(f"wrote {printable_path(folder)} ({', '.join(sorted(p.name for p in folder.iterdir()))})"
+          + (f" with the metrics of {printable_path(results_path)}" if results_path else " (no results: the card has no metrics)"))
     if not results_path and (found.folder.parent / "results.json").is_file():
-        print(f"timm-gsp export: note: {found.folder.parent / 'results.json'} measured another checkpoint than "
-              f"{found.folder.name}: export the run folder {found.folder.parent} to publish the measured one",
-              file=sys.stderr)
+        print(f"timm-gsp export: note: {printable_path(found.folder.parent / 'results.json')} measured another checkpoint "
+              f"than {printable_path(found.folder.name)}: export the run folder {printable_path(found.folder.parent)} "
+              "to publish the measured one", file=sys.stderr)
     # The published preprocessing is what every user will apply: show it, it must be the run's.
     print(f"published input: {'x'.join(map(str, data_config['input_size']))}, crop_pct {data_config.get('crop_pct')}, "
           f"{data_config.get('interpolation')} (if the run evaluated otherwise, export again with --input-size / --crop-pct)")
@@ -351,7 +365,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         verify_folder(args.folder)
     url = upload_folder(args.folder, args.repo_id, token=args.token, private=args.private, revision=args.revision,
                         create_pr=args.create_pr, commit_message=args.message)
-    print(f"uploaded {args.folder} to {args.repo_id}: {url}")
+    print(f"uploaded {printable_path(args.folder)} to {args.repo_id}: {url}")
     return 0
 
 
@@ -368,11 +382,35 @@ def cmd_show(args: argparse.Namespace) -> int:
     for start in range(0, len(paths), args.batch_size):
         chunk = range(start, min(start + args.batch_size, len(paths)))
         batch = torch.stack([files[i][0] for i in chunk]).to(_device(args))
-        written += len(save_overlays(loaded.model, batch, args.output, [stems[i] for i in chunk],
-                                     mean=loaded.data_config["mean"], std=loaded.data_config["std"],
-                                     top_prototypes=args.top_prototypes, alpha=args.alpha))
-    print(f"wrote {written} PNG files to {args.output}")
+        written += _write_into(Path(args.output), lambda folder: save_overlays(
+            loaded.model, batch, folder, [stems[i] for i in chunk], mean=loaded.data_config["mean"],
+            std=loaded.data_config["std"], top_prototypes=args.top_prototypes, alpha=args.alpha))
+    print(f"wrote {written} PNG files to {printable_path(args.output)}")
     return 0
+
+
+def _write_into(folder: Path, write: Callable[[Path], List[Path]]) -> int:
+    """``write(tmp)`` into a fresh hidden folder inside ``folder``, then each file it wrote renamed into
+    ``folder``: a write that fails (a full disk) leaves no partial file, and is an ``OutputWriteError``
+    naming ``folder`` and the cause. Returns the number of files."""
+    import shutil
+    import uuid
+
+    from .utils import output_write_error
+
+    tmp = folder / f".timm-gsp-{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        written = write(tmp)
+        for file in written:
+            Path(file).replace(folder / Path(file).name)
+        return len(written)
+    except TimmGSPError:
+        raise
+    except OSError as error:
+        raise output_write_error(folder, error) from error
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _unique_stems(paths: Sequence[str]) -> List[str]:

@@ -1,15 +1,19 @@
-"""What the command-line tools (``timm-gsp``, ``examples/train.py``) share: user errors as one line.
+"""What the command-line tools (``timm-gsp``, ``examples/train.py``) share: user errors as one line,
+and file names as one line.
 
 A ``TimmGSPError`` (``timm_gsp.errors``) is printed as ``<prog>: error: <one line>``, exit status 1;
 ``--debug`` or ``TIMM_GSP_DEBUG=1`` shows its traceback instead. Other exceptions are bugs and keep
 their traceback. A usage mistake (a typo in a flag) is the same kind of line, from argparse.
+
+A path in plain-text output goes through ``printable_path``: a name holding a newline or another
+control character is printed quoted and escaped, as the shell's ``$'...'``, so one item stays one line.
 """
 from __future__ import annotations
 
 import argparse
 import os
 
-__all__ = ["DEBUG_ENV", "OneLineArgumentParser", "one_line", "wants_traceback"]
+__all__ = ["DEBUG_ENV", "OneLineArgumentParser", "one_line", "printable_path", "wants_traceback"]
 
 DEBUG_ENV = "TIMM_GSP_DEBUG"  # set to 1: the command-line tools show tracebacks instead of one-line errors
 
@@ -26,6 +30,31 @@ def one_line(error: BaseException) -> str:
                 text = rest
                 break
     return " ".join(text.split()) or type(error).__name__
+
+
+_ESCAPES = {"\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v", "\f": "\\f", "\r": "\\r",
+            "\\": "\\\\", "'": "\\'"}
+
+
+def printable_path(path: "str | os.PathLike") -> str:
+    """``path`` for one line of plain-text output: unchanged when every character is printable (spaces
+    and non-ASCII letters are); else quoted as bash's ANSI-C string ``$'...'`` (what ``ls`` prints for
+    such names), e.g. ``$'two\\nlines.png'``: ``\\a \\b \\t \\n \\v \\f \\r`` for those control
+    characters, ``\\xHH`` for each byte (UTF-8) of any other non-printable character and for a byte that
+    is not UTF-8 (Python's surrogate escape), ``\\\\`` and ``\\'`` for ``\\`` and ``'``. Pasted into a
+    shell that reads ``$'...'`` (bash, zsh, ksh), it is the same file name again, byte for byte."""
+    text = os.fspath(path)
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if char in _ESCAPES:
+            out.append(_ESCAPES[char])
+        elif char.isprintable():
+            out.append(char)
+        else:
+            out.extend(f"\\x{byte:02x}" for byte in char.encode("utf-8", "surrogateescape"))
+    return "$'" + "".join(out) + "'"
 
 
 def wants_traceback(debug_flag: bool = False) -> bool:

@@ -1,6 +1,7 @@
 """Retrieval evaluation of a model on held-out classes, on one process or under DDP, and the
 pictures that show it: a retrieval sheet (queries with their top-k) and a GSP weight-map sheet.
 
+    check_evaluation_split({"test": dataset})                         # refuses a split that measures nothing
     metrics = evaluate_retrieval(model, {"test": dataset})            # {"precision_at_1": ..., ...}
 
     embedded = embed_splits(model, splits)                            # the same, in two steps,
@@ -12,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -21,15 +22,18 @@ from tqdm import tqdm
 from .errors import ConfigError
 from .knn import exact_knn
 from .metrics import RetrievalMetrics, average_precision_at_r, relevant_counts
-from .utils import PathLike, eval_mode, world_size_and_rank
+from .utils import PathLike, eval_mode, world_size_and_rank, write_file_atomic
 
 __all__ = [
     "SHEET_FILES",
     "RetrievalExamples",
+    "chance_precision_at_1",
+    "check_evaluation_split",
     "embed_dataset",
     "embed_splits",
     "evaluate_retrieval",
     "retrieval_examples",
+    "save_picture",
     "score_embeddings",
     "shard_indices",
     "write_sheets",
@@ -84,6 +88,60 @@ def _check_splits(splits: Dict[str, Dataset]) -> bool:
     if not query_gallery and len(splits) != 1:
         raise ConfigError(f"evaluate one split, or query and gallery; got {sorted(splits)}")
     return query_gallery
+
+
+def _relevant(splits: Dict[str, Any]) -> Tuple[torch.Tensor, int]:
+    """R of each query (``metrics.relevant_counts``) and the number of candidates each query is ranked
+    against, from the splits' ``labels`` alone (nothing is decoded)."""
+    same_set = not _check_splits(splits)
+    if same_set:
+        (split,) = splits.values()
+        queries = gallery = split.labels
+    else:
+        queries, gallery = splits["query"].labels, splits["gallery"].labels
+    return relevant_counts(queries, gallery, same_set), len(gallery) - int(same_set)
+
+
+def chance_precision_at_1(splits: Dict[str, Any]) -> Optional[float]:
+    """P@1 of a random ranking of ``{"test": ds}`` or ``{"query": q, "gallery": g}`` (datasets with
+    ``labels``): the mean, over the queries the metrics count (those with an item of their class to
+    find), of the share of same-class items among their candidates: ``(n_c - 1) / (N - 1)`` within one
+    split, ``n_c / N`` of the gallery for a query / gallery pair. None when no query counts."""
+    return _chance(*_relevant(splits))
+
+
+def _chance(relevant: torch.Tensor, candidates: int) -> Optional[float]:
+    counted = relevant[relevant > 0]
+    return float(counted.double().mean()) / candidates if len(counted) else None
+
+
+def check_evaluation_split(splits: Dict[str, Any], hint: str = "") -> float:
+    """Refuse a split whose retrieval metrics would measure nothing; return its ``chance_precision_at_1``.
+
+    The one check of ``timm-gsp eval`` and ``examples/train.py`` (both refuse such a split, exit status 1,
+    before any model runs). ``hint`` is appended to the advice (a tool's own flags).
+
+    Raises:
+        ConfigError: no query has another item of its class (every metric is undefined), or every query
+            that counts has only items of its class to rank (one class in the split, or a gallery of the
+            query's class only): P@1, Recall@K and MAP@R would be 1 for any model. The message names
+            the split (``<dataset>/<split>``) and the class.
+    """
+    relevant, candidates = _relevant(splits)
+    counted = relevant > 0
+    name = "+".join(f"{getattr(s, 'name', 'dataset')}/{getattr(s, 'split', key)}" for key, s in splits.items())
+    if not counted.any():
+        raise ConfigError(f"{name}: no class has two or more images to retrieve each other, so retrieval metrics are "
+                          f"undefined; add images{hint}")
+    if bool((relevant[counted] == candidates).all()):
+        query_split = next(iter(splits.values())) if len(splits) == 1 else splits["query"]
+        label = int(query_split.labels[counted.nonzero()[0, 0]])
+        classes = getattr(query_split, "classes", None)
+        which = classes[label] if classes is not None and 0 <= label < len(classes) else label
+        raise ConfigError(f"{name}: every query's candidates are of its own class (the only class to find: {which}), "
+                          "so P@1 and Recall@K would be 100 % and MAP@R 1 whatever the model: the split measures "
+                          f"nothing; evaluate images of two or more classes{hint}")
+    return _chance(relevant, candidates)
 
 
 def embed_splits(model: torch.nn.Module, splits: Dict[str, Dataset], **embed_kwargs) -> Embedded:
@@ -240,14 +298,27 @@ def write_sheets(
                 for (_, label), ap, worst in zip(shown, examples.average_precision.tolist(), examples.worst.tolist())]
     images = torch.stack([image for image, _ in shown])
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     written = {"retrieval": folder / SHEET_FILES["retrieval"]}
-    retrieval_sheet([to_pil(x) for x in denormalize(images.float(), mean, std)], hits, query_labels=captions,
-                    thumb=thumb, title=f"top-{examples.neighbors.shape[1]} of {len(galleries)} ({examples.gallery_split})"
-                    ).save(written["retrieval"])
+    save_picture(retrieval_sheet([to_pil(x) for x in denormalize(images.float(), mean, std)], hits, query_labels=captions,
+                                 thumb=thumb, title=f"top-{examples.neighbors.shape[1]} of {len(galleries)} "
+                                                    f"({examples.gallery_split})"), written["retrieval"])
     if gsp_modules(model):
         device = next(model.parameters()).device
         written["weights"] = folder / SHEET_FILES["weights"]
-        weight_map_sheet(model, images.to(device), mean, std, captions=captions, thumb=thumb).save(written["weights"])
+        save_picture(weight_map_sheet(model, images.to(device), mean, std, captions=captions, thumb=thumb),
+                     written["weights"])
     return written
+
+
+def save_picture(image: Any, path: PathLike) -> Path:
+    """Write a PIL image to ``path`` in the format its extension names (.png, .jpg, ...), atomically
+    (``utils.write_file_atomic``: a failed write, e.g. a full disk, leaves no partial picture and is an
+    ``OutputWriteError`` naming ``path`` and the cause); the folder is created. Returns ``path``."""
+    from PIL import Image
+
+    path = Path(path)
+    file_format = Image.registered_extensions().get(path.suffix.lower())
+    if file_format is None:
+        raise ConfigError(f"{path}: not a picture file name (extension {path.suffix or 'none'!r}): name it .png or .jpg")
+    return write_file_atomic(path, lambda tmp: image.save(tmp, format=file_format))
 

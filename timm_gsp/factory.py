@@ -24,6 +24,7 @@ import contextlib
 import copy
 import logging
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
 
@@ -81,17 +82,25 @@ def _check_embed_dim(embed_dim: int) -> None:
 def _read_pretrained_file(path: Path) -> Dict[str, torch.Tensor]:
     """The state dict in a pretrained-weights file, read by timm's own reader (the one its pretrained
     loading uses: safetensors by extension, else a torch file, under a ``state_dict`` / ``model`` key
-    if there is one). A missing or unreadable file is a ``ConfigError`` naming it."""
+    if there is one). A missing or unreadable file is a ``ConfigError`` naming it, and nothing else is
+    said: torch's warnings while reading a file that is refused (a plain pickle's "Detected pickle
+    protocol 4 ... weights_only Unpickler might not support ...") are dropped, that one line says it;
+    the warnings of a file that loads are passed on, that one left out (it loaded)."""
     if not path.is_file():
         raise ConfigError(f"{path}: {'a folder, not a file' if path.is_dir() else 'no such file'}; {_PRETRAINED_FILE}")
-    try:
-        state_dict = load_state_dict(str(path))
-    except (SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError, OSError) as error:  # bad bytes, no access
-        # the reader's first sentence: torch's goes on with advice for trusted pickles, not for this file
-        detail = str(error).splitlines()[0].split(". ")[0] if str(error) else "empty or truncated"
-        raise ConfigError(f"{path}: not a readable checkpoint ({type(error).__name__}: {detail}); {_PRETRAINED_FILE}") from None
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        try:
+            state_dict = load_state_dict(str(path))
+        except (SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError, OSError) as error:  # bad bytes, no access
+            # the reader's first sentence: torch's goes on with advice for trusted pickles, not for this file
+            detail = str(error).splitlines()[0].split(". ")[0] if str(error) else "empty or truncated"
+            raise ConfigError(f"{path}: not a readable checkpoint ({type(error).__name__}: {detail}); {_PRETRAINED_FILE}") from None
     if not state_dict or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ConfigError(f"{path}: holds no state dict of tensors; {_PRETRAINED_FILE}")
+    for warning in said:
+        if not str(warning.message).startswith("Detected pickle protocol"):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return state_dict
 
 
@@ -110,12 +119,15 @@ def _check_fit(model: nn.Module, state_dict: Dict[str, torch.Tensor], path: Path
 @contextlib.contextmanager
 def _quiet_timm() -> Iterator[None]:
     """timm's warnings muted: after loading a file, timm logs the keys it could not place (a screen of
-    names), which ``_check_fit`` reports as one line instead."""
+    names), which ``_check_fit`` reports as one line instead; and torch's remark on a plain pickle's
+    protocol, about a file ``_read_pretrained_file`` has already read."""
     logger = logging.getLogger("timm")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            yield
     finally:
         logger.setLevel(level)
 

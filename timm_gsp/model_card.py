@@ -12,6 +12,7 @@ repo in at upload.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, List, Mapping, Optional, Tuple
 
 import torch.nn as nn
@@ -109,6 +110,18 @@ def _card_data(name: str, license: str, metrics: Mapping[str, float], dataset: O
 
 
 # --- the body -----------------------------------------------------------------------------------
+
+def _public_value(value: Any) -> Any:
+    """A recipe value as a public card shows it: an absolute path of the machine that trained (``--recipe
+    /home/me/my.yaml``, a path inside ``model_kwargs``) by its last name only; the rest as it is."""
+    if isinstance(value, str) and (value.startswith("/") or re.match(r"[A-Za-z]:[\\/]", value)):
+        return re.split(r"[\\/]+", value.rstrip("\\/"))[-1]
+    if isinstance(value, Mapping):
+        return {k: _public_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_public_value(v) for v in value]
+    return value
+
 
 def _format_value(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value)
@@ -223,7 +236,7 @@ def model_card(
     if sheets:
         text += _examples(sheets, split)
     text += ["", "## Training recipe", ""]
-    public = {k: v for k, v in results.recipe.items() if k not in _PRIVATE_RUN_KEYS and v is not None}
+    public = {k: _public_value(v) for k, v in results.recipe.items() if k not in _PRIVATE_RUN_KEYS and v is not None}
     if public:
         text += ["| Argument | Value |", "|---|---|"]
         text += [f"| {_format_value(k)} | {_format_value(v)} |" for k, v in sorted(public.items())]

@@ -14,7 +14,10 @@ weights). The paths are a tensor rather than metadata because safetensors caps i
 100 MB, about a million paths. Any safetensors reader can open the file.
 
 ``read_index`` memory-maps it (safetensors' ``get_tensor`` returns a view of a private map of the
-file), so opening a 2 GB index costs nothing and search pages the rows in as it reads them.
+file), so a 2 GB index is never copied into memory: opening it reads the rows once, in chunks, to
+check that every embedding is finite (an index holding NaN or infinities is refused, naming the file
+and how many rows are bad; ``write_index`` never writes such rows), and search pages them in again
+as it reads them.
 
 Search
 ------
@@ -50,6 +53,7 @@ __all__ = [
     "build_faiss_index",
     "check_index_model",
     "model_fingerprint",
+    "nonfinite_rows",
     "read_index",
     "search",
     "search_faiss",
@@ -120,11 +124,16 @@ def write_index(
     """Write an index file (format in the module docstring) atomically; returns its path.
 
     Args:
-        embeddings: (M, D) raw model outputs (stored as float32).
+        embeddings: (M, D) raw model outputs (stored as float32), all finite.
         paths: the M image paths.
         model: ``{"source": str, "fingerprint": str, ...}`` (JSON-serialisable).
         labels: the M class names, if known.
         overwrite: replace an existing file (else ``OutputExistsError``).
+
+    Raises:
+        ConfigError: the arguments do not fit together, or an embedding holds a NaN or an infinity
+            (the message names the first such image); nothing is written.
+        OutputWriteError: the file cannot be written (``utils.write_file_atomic``); no part of it is left.
     """
     out = Path(path)
     if out.exists() and not overwrite:
@@ -133,12 +142,15 @@ def write_index(
         raise ConfigError(f"{out}: model must name its 'source' and 'fingerprint' as strings, got {sorted(model)}")
     index = EmbeddingIndex(embeddings.detach().to("cpu", torch.float32).contiguous(), [str(p) for p in paths],
                            None if labels is None else [str(label) for label in labels], model, out)
+    bad = nonfinite_rows(index.embeddings)
+    if len(bad):
+        raise ConfigError(f"{out}: {_nonfinite(bad, len(index))}, the first: image {index.paths[bad[0]]}; "
+                          "nothing was written")
     tensors = {"embeddings": index.embeddings, "paths": _json_bytes(index.paths)}
     if index.labels is not None:
         tensors["labels"] = _json_bytes(index.labels)
     metadata = {"format": INDEX_FORMAT, "model": json.dumps(index.model)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_save(tensors, metadata, out)
+    _atomic_save(tensors, metadata, out)  # creates the folder
     return out
 
 
@@ -147,7 +159,9 @@ def read_index(path: PathLike) -> EmbeddingIndex:
 
     Raises:
         ConfigError: the file is missing, not a safetensors file, truncated, not a timm-gsp index,
-            or its parts do not fit together; the message names the path and the problem.
+            its parts do not fit together (rows, paths and labels of different lengths, a model
+            record that is not a JSON object), or an embedding is not finite; the message names
+            the path and the problem.
     """
     from safetensors import SafetensorError, safe_open
 
@@ -174,7 +188,26 @@ def read_index(path: PathLike) -> EmbeddingIndex:
         model = json.loads(metadata.get("model", "{}"))
     except json.JSONDecodeError as error:
         raise ConfigError(f"{file}: the model record is not JSON ({error})") from error
-    return EmbeddingIndex(embeddings, paths, labels, model, file)
+    if not isinstance(model, dict):
+        raise ConfigError(f"{file}: the model record is not a JSON object (got {type(model).__name__})")
+    index = EmbeddingIndex(embeddings, paths, labels, model, file)
+    bad = nonfinite_rows(embeddings)
+    if len(bad):
+        raise ConfigError(f"{file}: {_nonfinite(bad, len(index))}, the first: row {int(bad[0])} (image "
+                          f"{paths[bad[0]]}); search would rank by NaN scores: rebuild the index with `timm-gsp embed`")
+    return index
+
+
+def nonfinite_rows(rows: torch.Tensor, chunk_rows: int = 65536) -> torch.Tensor:
+    """(B,) int64 indices of the rows of (M, D) ``rows`` that hold a NaN or an infinity, read
+    ``chunk_rows`` rows at a time (a memory-mapped gallery is paged through, never copied whole)."""
+    bad = [(~torch.isfinite(torch.as_tensor(rows[start:start + chunk_rows])).all(dim=1)).nonzero().flatten() + start
+           for start in range(0, rows.shape[0], chunk_rows)]
+    return torch.cat(bad) if bad else torch.empty(0, dtype=torch.long)
+
+
+def _nonfinite(bad: torch.Tensor, total: int) -> str:
+    return f"{len(bad)} of {total} embeddings are not finite (NaN or infinite)"
 
 
 def _json_bytes(items: List[str]) -> torch.Tensor:

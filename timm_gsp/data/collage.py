@@ -36,6 +36,7 @@ from ..errors import ConfigError
 from ..utils import PathLike
 from .base import RetrievalDataset, Transform
 from .collage_render import make_distractor_pool, make_glyph, render_images
+from .folder_family import write_generated_folder
 
 __all__ = ["CollageConfig", "CollageDataset", "collage_folder_config", "default_cache_root", "ensure_collage",
            "generate_collage", "write_collage_folder"]
@@ -191,9 +192,6 @@ def write_collage_folder(root: PathLike, config: Optional[CollageConfig] = None,
     Default config: :func:`collage_folder_config` (200 classes x 20 images, 3 x 3 tiles, 96 px).
     Refuses a non-empty ``root`` unless it already holds this very config (then nothing is done).
     """
-    # imported here: ``python -m timm_gsp.data.generated`` must not find its module already loaded
-    from .generated import write_generated_folder
-
     config = config or collage_folder_config()
     num_train = config.num_train_classes
 

@@ -43,7 +43,7 @@ from scipy.ndimage import binary_fill_holes
 
 from ..errors import ConfigError, DatasetLayoutError
 from ..utils import PathLike
-from .generated import Box, FolderConfig, check_size_share, write_generated_folder
+from .folder_family import Box, FolderConfig, check_size_share, write_generated_folder
 from .scenes import photo_clutter, photo_pool
 
 __all__ = ["CATEGORIES", "DEFAULT_FASHION_DIR", "FashionConfig", "FashionItems", "class_items", "distractor_scene",

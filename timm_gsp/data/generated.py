@@ -1,4 +1,4 @@
-"""Generated image-folder benchmarks: the one writer and reader they share, and a command line.
+"""Generated image-folder benchmarks: the registry of the families, and a command line.
 
 Three structurally different families, each a pure function of its frozen config:
 
@@ -10,9 +10,11 @@ Three structurally different families, each a pure function of its frozen config
 * ``collage`` (:mod:`timm_gsp.data.collage`): a 3 x 3 mosaic of 32 px tiles, one holding the class
   glyph, the other eight textured nuisance.
 
-Every family is written the same way: ``root/class_NNN/NN.png`` (RGB, square) plus ``root/<family>.json``
-holding ``{"generator", "version", "config", "boxes": {"class_NNN/NN.png": [x0, y0, x1, y1]}}`` (the box of
-the class object in pixels, x1/y1 exclusive), and extra per-family keys. The folder is written into a
+Every family is written the same way, by :mod:`timm_gsp.data.folder_family` (the writer and readers they
+all import; this module, which imports the families, sits above them and re-exports those names):
+``root/class_NNN/NN.png`` (RGB, square) plus ``root/<family>.json`` holding ``{"generator", "version",
+"config", "boxes": {"class_NNN/NN.png": [x0, y0, x1, y1]}}`` (the box of the class object in pixels,
+x1/y1 exclusive), and extra per-family keys. The folder is written into a
 temporary sibling and renamed into place (a kill leaves no half folder), and a non-empty ``root`` is
 refused unless it already holds the very same config (then nothing is done). ``--dataset folder``
 splits the classes by sorted name: the first half trains, the second half tests.
@@ -27,120 +29,22 @@ Each family's 200 classes x 20 images of 96 px take about 30 s on one core.
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import sys
-import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
-from ..errors import ConfigError, DatasetLayoutError, OutputExistsError
+from ..errors import ConfigError
 from ..utils import PathLike
+# the layout every family shares, re-exported here (where the benchmarks and tests import it from)
+from .folder_family import (FAMILIES, Box, ClassRenderer, FolderConfig, check_size_share, meta_name, read_boxes,  # noqa: F401
+                            read_meta, write_generated_folder)
 
 __all__ = ["FAMILIES", "Box", "FolderConfig", "default_config", "read_boxes", "read_meta", "write_family", "write_generated_folder",
            "write_preview"]
-
-FAMILIES = ("scenes", "fashion", "collage")
-Box = Tuple[int, int, int, int]  # (x0, y0, x1, y1) in pixels, x1/y1 exclusive
-# Renders one class: its images in order, each with the class object's box.
-ClassRenderer = Callable[[int], Iterable[Tuple[Image.Image, Box]]]
-
-
-@dataclass(frozen=True)
-class FolderConfig:
-    """The fields every family's config starts with, and their checks (``ConfigError``)."""
-
-    num_classes: int = 200
-    images_per_class: int = 20
-    image_size: int = 96
-
-    def __post_init__(self) -> None:
-        owner = type(self).__name__
-        if self.num_classes < 2 or self.images_per_class < 2:
-            raise ConfigError(f"{owner}: need >= 2 classes and >= 2 images per class, got "
-                              f"{self.num_classes} and {self.images_per_class}")
-        if self.image_size < 32:
-            raise ConfigError(f"{owner}: image_size must be >= 32, got {self.image_size}")
-
-
-def check_size_share(owner: str, field: str, value: Tuple[float, float]) -> None:
-    """An object size range, as a share of the image side: ``0.05 <= low <= high <= 0.9``."""
-    low, high = value
-    if not 0.05 <= low <= high <= 0.9:
-        raise ConfigError(f"{owner}: {field} must satisfy 0.05 <= low <= high <= 0.9, got {tuple(value)}")
-
-
-def meta_name(family: str) -> str:
-    """The file in a generated folder that holds its config and boxes, e.g. ``scenes.json``."""
-    return f"{family}.json"
-
-
-def write_generated_folder(root: PathLike, family: str, meta: Dict[str, Any], num_classes: int,
-                           make_renderer: Callable[[], ClassRenderer], *, progress: bool = True) -> Path:
-    """Write ``root/class_NNN/NN.png`` and ``root/<family>.json``; return ``root``.
-
-    Args:
-        meta: ``{"generator", "version", "config", ...}``; ``boxes`` is added. A folder already holding
-            the same ``version`` and ``config`` is returned untouched.
-        make_renderer: called once, only when something is to be written (it may load data), and
-            returns the function that renders one class id.
-    """
-    root = Path(root).expanduser()
-    meta_file = meta_name(family)
-    if root.exists():
-        if (root / meta_file).is_file():
-            existing = read_meta(root)
-            wanted = json.loads(json.dumps(meta))  # tuples -> lists, as they were read back
-            if all(existing.get(k) == wanted[k] for k in ("version", "config")):
-                return root
-        if any(root.iterdir()):
-            raise OutputExistsError(f"{root} is not empty and does not hold these {family}; choose another folder")
-    from tqdm import tqdm
-
-    render_class = make_renderer()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    umask = os.umask(0o022)  # reading the umask means setting it: put it straight back
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the finished folder is an ordinary one
-    boxes: Dict[str, List[int]] = {}
-    try:
-        for class_id in tqdm(range(num_classes), desc=family, unit="class", disable=not progress):
-            folder = tmp / f"class_{class_id:03d}"
-            folder.mkdir()
-            for index, (image, box) in enumerate(render_class(class_id)):
-                name = f"{folder.name}/{index:02d}.png"
-                image.save(tmp / name)
-                boxes[name] = list(box)
-        (tmp / meta_file).write_text(json.dumps({**meta, "boxes": boxes}), encoding="utf-8")
-        if root.exists():
-            root.rmdir()  # empty (checked above)
-        os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
-
-
-def read_meta(root: PathLike) -> Dict[str, Any]:
-    """The ``<family>.json`` of a folder written by any family (config, version, boxes)."""
-    root = Path(root)
-    for family in FAMILIES:
-        if (root / meta_name(family)).is_file():
-            with open(root / meta_name(family), encoding="utf-8") as f:
-                return json.load(f)
-    raise DatasetLayoutError(f"{root} holds no generated-folder metadata (one of "
-                             f"{', '.join(meta_name(f) for f in FAMILIES)}); write it with timm_gsp.data.generated")
-
-
-def read_boxes(root: PathLike) -> Dict[str, Box]:
-    """``{"class_NNN/NN.png": (x0, y0, x1, y1)}`` of a folder written by any family."""
-    return {name: tuple(box) for name, box in read_meta(root)["boxes"].items()}
 
 
 def write_preview(root: PathLike, path: PathLike, classes: int = 6, per_class: int = 8, boxes: bool = True) -> Path:

@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import ConfigError
 from ..utils import PathLike
-from .generated import FolderConfig, check_size_share, meta_name, read_boxes, read_meta, write_generated_folder
+from .folder_family import FolderConfig, check_size_share, meta_name, read_boxes, read_meta, write_generated_folder
 
 __all__ = ["ScenesConfig", "photo_clutter", "photo_pool", "render_scene", "write_scenes", "read_scene_boxes",
            "read_scenes_meta", "SCENES_META"]
@@ -178,7 +178,7 @@ def write_scenes(root: PathLike, config: ScenesConfig = ScenesConfig(), *, progr
 
     Refuses a non-empty ``root`` unless it already holds this very config (then nothing is done).
     Written into a temporary sibling and renamed into place, so a kill leaves no half folder
-    (:func:`timm_gsp.data.generated.write_generated_folder`).
+    (:func:`timm_gsp.data.folder_family.write_generated_folder`).
     """
     def make_renderer():
         photos = photo_pool()
@@ -195,7 +195,7 @@ def write_scenes(root: PathLike, config: ScenesConfig = ScenesConfig(), *, progr
 
 def read_scenes_meta(root: PathLike) -> Dict:
     """The metadata (config, version, boxes) of a folder written by :func:`write_scenes` (or any other
-    generated family: :func:`timm_gsp.data.generated.read_meta`)."""
+    generated family: :func:`timm_gsp.data.folder_family.read_meta`)."""
     return read_meta(root)
 
 
