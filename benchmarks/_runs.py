@@ -10,6 +10,7 @@ that wrote it. ``portable_path`` writes a file of this repository relative to it
 benchmarks/scrub_records.py``) re-writes every record of the repository the same way, idempotently."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -213,6 +214,15 @@ def load_trained(out: Path):
     return model.eval(), results
 
 
+def cell_overlap(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, 4) boxes (x0, y0, x1, y1) normalised to [0, 1] -> (B, H, W): the share of each feature cell
+    [j/W, (j+1)/W) x [i/H, (i+1)/H) that lies inside the image's box."""
+    xs, ys = torch.arange(width + 1).float() / width, torch.arange(height + 1).float() / height
+    ox = (torch.minimum(xs[1:][None], boxes[:, 2:3]) - torch.maximum(xs[:-1][None], boxes[:, 0:1])).clamp(min=0) * width
+    oy = (torch.minimum(ys[1:][None], boxes[:, 3:4]) - torch.maximum(ys[:-1][None], boxes[:, 1:2])).clamp(min=0) * height
+    return oy[:, :, None] * ox[:, None, :]
+
+
 @torch.no_grad()
 def object_weight_share(model, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]]) -> Dict[str, float]:
     """Mean over images of sum_j w_j * (share of feature cell j inside the object box).
@@ -227,15 +237,43 @@ def object_weight_share(model, batches: Iterable[Tuple[torch.Tensor, torch.Tenso
             model(images)
         h, w = grid = plans[-1].grid_size
         weights = plans[-1].weights.float().view(-1, h, w)
-        # overlap of each cell [j/w, (j+1)/w) x [i/h, (i+1)/h) with the box, as a share of the cell
-        xs, ys = torch.arange(w + 1).float() / w, torch.arange(h + 1).float() / h
-        ox = (torch.minimum(xs[1:][None], boxes[:, 2:3]) - torch.maximum(xs[:-1][None], boxes[:, 0:1])).clamp(min=0) * w
-        oy = (torch.minimum(ys[1:][None], boxes[:, 3:4]) - torch.maximum(ys[:-1][None], boxes[:, 1:2])).clamp(min=0) * h
-        shares.append((weights * (oy[:, :, None] * ox[:, None, :])).sum((1, 2)))
+        shares.append((weights * cell_overlap(boxes, h, w)).sum((1, 2)))
         areas.append((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
     s, a = torch.cat(shares), torch.cat(areas)
     return {"object_weight_share": float(s.mean()), "object_area_share": float(a.mean()),
             "share_above_area": float((s > a).float().mean()), "grid": list(grid)}
+
+
+@torch.no_grad()
+def winning_cells(model, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) images -> (B, C) index of the feature cell that wins each channel's maximum in the
+    pooled vector of a max-pooling model: timm's ``max`` (over the cells ``f_j``) or GSP with ``mix=max``
+    (over ``m_j f_j``, the cells GSP re-weighted)."""
+    import timm_gsp
+    pools = timm_gsp.gsp_modules(model)
+    with (timm_gsp.capture_transport(model) if pools else contextlib.nullcontext()) as plans:
+        features = model.forward_features(images)  # (B, C, H, W)
+        cells = features.float().flatten(2)  # (B, C, N)
+        if pools:
+            model.forward_head(features)  # the pool's plan over these very cells
+            cells = cells * (plans[-1].weights.float() * cells.shape[2]).unsqueeze(1)
+    return cells.argmax(2)
+
+
+@torch.no_grad()
+def winning_cell_share(model, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]]) -> Dict[str, float]:
+    """Where max pooling takes its values from: the mean, over images and channels, of the share of the
+    winning cell (``winning_cells``) that lies in the object box, beside the box's share of the image
+    (what the share would be if the winning cells fell anywhere)."""
+    shares, areas = [], []
+    for images, boxes in batches:
+        winners = winning_cells(model, images)  # (B, C)
+        grid = model.forward_features(images[:1]).shape[2:]
+        overlap = cell_overlap(boxes, *grid).flatten(1)  # (B, N)
+        shares.append(overlap.gather(1, winners).mean(1))
+        areas.append((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    s, a = torch.cat(shares), torch.cat(areas)
+    return {"winning_cell_share": float(s.mean()), "object_area_share": float(a.mean())}
 
 
 def fmt(values: Sequence[float]) -> str:
@@ -319,31 +357,45 @@ def plot_summary(summary: Dict, path: Path, object_name: str = "object") -> None
     plt.close(fig)
 
 
-def weight_map_figure(model, images: torch.Tensor, boxes: torch.Tensor, mean, std, path: Path, cell: int = 128) -> None:
-    """Top row: the images with the object boxed in green; bottom row: GSP's pooling weights, one block
-    per feature cell (bright = more weight), relative to each image's largest weight.
+def heat_map_figure(images: torch.Tensor, boxes: torch.Tensor, heat_maps: Sequence[torch.Tensor], mean, std, path: Path,
+                    cell: int = 128) -> None:
+    """Top row: the images with the object boxed in green; then one row per heat map, one block per feature
+    cell (bright = more), relative to each image's largest value.
 
     Args:
-        images: (B, 3, H, W) normalised model inputs; boxes: (B, 4) normalised (x0, y0, x1, y1).
+        images: (B, 3, H, W) normalised model inputs; boxes: (B, 4) normalised (x0, y0, x1, y1);
+        heat_maps: each (B, h, w), non-negative.
     """
     from PIL import Image, ImageDraw
 
     from timm_gsp import viz
-    maps = viz.pooling_maps(model, images)
     shown = viz.denormalize(images.float(), mean, std)
     size = images.shape[-1]
-    sheet = Image.new("RGB", (cell * len(images), cell * 2), "white")
+    sheet = Image.new("RGB", (cell * len(images), cell * (1 + len(heat_maps))), "white")
     for k in range(len(images)):
-        h, w = maps.weights[k].shape
-        heat = torch.nn.functional.interpolate(maps.weights[k][None, None], size=(size, size), mode="nearest")[0, 0]
-        top = viz.to_pil(shown[k]).resize((cell, cell), Image.NEAREST)
-        bottom = viz.overlay(shown[k], heat, alpha=0.6, scale=None).resize((cell, cell), Image.NEAREST)
+        tiles = [viz.to_pil(shown[k]).resize((cell, cell), Image.NEAREST)]
+        for maps in heat_maps:
+            heat = torch.nn.functional.interpolate(maps[k][None, None].float(), size=(size, size), mode="nearest")[0, 0]
+            tiles.append(viz.overlay(shown[k], heat, alpha=0.6, scale=None).resize((cell, cell), Image.NEAREST))
         x0, y0, x1, y1 = (boxes[k] * cell).tolist()
-        for im in (top, bottom):
-            ImageDraw.Draw(im).rectangle([x0, y0, x1 - 1, y1 - 1], outline=(0, 255, 0), width=2)
-        sheet.paste(top, (cell * k, 0))
-        sheet.paste(bottom, (cell * k, cell))
+        for row, tile in enumerate(tiles):
+            ImageDraw.Draw(tile).rectangle([x0, y0, x1 - 1, y1 - 1], outline=(0, 255, 0), width=2)
+            sheet.paste(tile, (cell * k, cell * row))
     sheet.save(path)
+
+
+def weight_map_figure(model, images: torch.Tensor, boxes: torch.Tensor, mean, std, path: Path, cell: int = 128) -> None:
+    """``heat_map_figure`` of GSP's pooling weights."""
+    from timm_gsp import viz
+    heat_map_figure(images, boxes, [viz.pooling_maps(model, images).weights], mean, std, path, cell)
+
+
+def winner_counts(model, images: torch.Tensor) -> torch.Tensor:
+    """(B, h, w): how many channels of a max-pooling model's vector each feature cell wins (``winning_cells``)."""
+    winners = winning_cells(model, images)  # (B, C)
+    h, w = model.forward_features(images[:1]).shape[2:]
+    counts = torch.zeros(len(images), h * w).scatter_add_(1, winners, torch.ones_like(winners, dtype=torch.float))
+    return counts.view(-1, h, w)
 
 
 def collect_methods(summary: Dict, methods: Dict[str, Tuple[str, List[str]]], seeds: Sequence[int], runs_dir: Path,
@@ -371,10 +423,51 @@ def collect_methods(summary: Dict, methods: Dict[str, Tuple[str, List[str]]], se
                 share = json.loads(cache.read_text())
                 summary["object_area_share"] = share.pop("object_area_share")
                 row.update(share)
+            if is_max_pooled(r["model"]["pool"]):
+                cache = out / "winning_share.json"
+                if not cache.is_file() and (out / r["checkpoint"] / "model.safetensors").is_file():
+                    model, results = load_trained(out)
+                    cache.write_text(json.dumps(winning_cell_share(model, test_batches(model, results))))
+                if cache.is_file():
+                    share = json.loads(cache.read_text())
+                    summary["object_area_share"] = share.pop("object_area_share")
+                    row.update(share)
             runs.append(row)
             print(name, row, flush=True)
         if runs:
             summary["methods"][name] = {"label": label, "flags": flags, "runs": runs}
+
+
+def is_max_pooled(pool: str) -> bool:
+    """Whether a pool string takes each channel's maximum over cells: timm's ``max``, GSP with ``mix=max``."""
+    import timm_gsp
+    return pool == "max" or (timm_gsp.parse_gsp_spec(pool) or {}).get("mix") == "max"
+
+
+def max_and_gsp_maps(summary: Dict, runs_dir: Path, test_batches, path: Path, gsp_names: Sequence[str],
+                     count: int = 10) -> None:
+    """Where max pooling and GSP take the vector from, on the same test images (the first seed's runs): the
+    images, then for each GSP method its pooling weights (and for ``mix=max`` the cells that win channels),
+    then the cells that win max pooling's channels. Left as it is without the runs' weights."""
+    names = [n for n in gsp_names if n in summary["methods"]] + (["max"] if "max" in summary["methods"] else [])
+    outs = [runs_dir / f"{n}_seed{summary['methods'][n]['runs'][0]['seed']}" for n in names]
+    if len(names) < 2 or not all((o / read_run(o)["checkpoint"] / "model.safetensors").is_file() for o in outs):
+        print(f"{path.name} left as it is: the runs' weights are not here", flush=True)
+        return
+    import timm_gsp
+    from timm_gsp import viz
+    rows, images, boxes, cfg = [], None, None, None
+    for out in outs:
+        model, results = load_trained(out)
+        if images is None:
+            images, boxes = next(iter(test_batches(model, results, batch_size=100_000)))
+            pick = torch.arange(0, len(images), max(len(images) // count, 1))[:count]
+            images, boxes, cfg = images[pick], boxes[pick], results.model.data_config
+        if timm_gsp.gsp_modules(model):
+            rows.append(viz.pooling_maps(model, images).weights)
+        if is_max_pooled(results.model.pool):
+            rows.append(winner_counts(model, images))
+    heat_map_figure(images, boxes, rows, cfg["mean"], cfg["std"], path)
 
 
 def gsp_weight_maps(summary: Dict, runs_dir: Path, test_batches, path: Path, count: int = 10) -> None:

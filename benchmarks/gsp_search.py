@@ -66,13 +66,34 @@ TRIALS["scratch"] = {
     "gsp_max_r0.5": gsp("--gsp-mix", "max", "--transport-ratio", "0.5"),
     "gsp_gem": gsp("--gsp-mix", "gem"),
     "gsp_addmax": gsp("--gsp-mix", "addmax"),
+    # one lever at a time on the max head: gamma, K, a learned ratio, costs on a learned map of the cells,
+    # the reference's clipped normalisation, its prototype initialisation, the prototypes' learning rate
+    "gsp_max_g2": gsp("--gsp-mix", "max", "--gamma", "2"),
+    "gsp_max_g10": gsp("--gsp-mix", "max", "--gamma", "10"),
+    "gsp_max_k16": gsp("--gsp-mix", "max", "--num-prototypes", "16"),
+    "gsp_max_learn": gsp("--gsp-mix", "max", "--gsp-learn-ratio"),
+    "gsp_max_proj": gsp("--gsp-mix", "max", "--gsp-project"),
+    "gsp_max_clip": gsp("--gsp-mix", "max", "--gsp-norm", "clip"),
+    "gsp_max_kcp": gsp("--gsp-mix", "max", "--prototype-init", "kcenter-pooled", "--prototype-warmup-epochs", "1"),
+    "gsp_max_plr10": gsp("--gsp-mix", "max", "--prototype-lr", "2e-2"),
+    # random prototypes: every cell equally close, so the max head starts out as max pooling exactly
+    "gsp_max_rand": gsp("--gsp-mix", "max", "--prototype-init", "random"),
 }
 TRIALS["pretrained"] = {
     "gsp": gsp(),
     "gsp_r0.1": gsp("--transport-ratio", "0.1"),
     "gsp_max": gsp("--gsp-mix", "max"),
+    "gsp_max_r0.5": gsp("--gsp-mix", "max", "--transport-ratio", "0.5"),
     "gsp_gem": gsp("--gsp-mix", "gem"),
     "gsp_addmax": gsp("--gsp-mix", "addmax"),
+    # one lever at a time on the paper's weighted sum
+    "gsp_g2": gsp("--gamma", "2"),
+    "gsp_g10": gsp("--gamma", "10"),
+    "gsp_k16": gsp("--num-prototypes", "16"),
+    "gsp_learn": gsp("--gsp-learn-ratio"),
+    "gsp_proj": gsp("--gsp-project"),
+    "gsp_clip": gsp("--gsp-norm", "clip"),
+    "gsp_kcp": gsp("--prototype-init", "kcenter-pooled", "--prototype-warmup-epochs", "1"),
 }
 STAGE2: Dict[str, List[str]] = {"scratch": [], "pretrained": []}  # finalists, run at seeds 0, 1, 2
 SEEDS2 = (0, 1, 2)
