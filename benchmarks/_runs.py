@@ -206,7 +206,7 @@ def load_trained(out: Path):
     """(model in eval mode, RunResults) of a finished run, with the weights its metrics belong to."""
     from safetensors.torch import load_file
 
-    from timm_gsp.run_results import read_results
+    from timm_gsp.train.run_results import read_results
     results = read_results(out / "results.json")
     model = results.model.build()
     model.load_state_dict(load_file(str(out / results.checkpoint / "model.safetensors")))
@@ -328,7 +328,7 @@ def weight_map_figure(model, images: torch.Tensor, boxes: torch.Tensor, mean, st
     """
     from PIL import Image, ImageDraw
 
-    from timm_gsp import viz
+    from timm_gsp.retrieval import viz
     maps = viz.pooling_maps(model, images)
     shown = viz.denormalize(images.float(), mean, std)
     size = images.shape[-1]

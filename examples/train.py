@@ -61,20 +61,21 @@ from tqdm import tqdm
 
 import timm_gsp
 from timm_gsp import RetrievalModelConfig, TimmGSPError
-from timm_gsp.baseline_pools import GeneralizedMeanPool
-from timm_gsp.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from timm_gsp.cli_support import OneLineArgumentParser, one_line, wants_traceback
+from timm_gsp.cli.support import USER_ERRORS, OneLineArgumentParser, one_line, wants_traceback
 from timm_gsp.data import (Augmentation, CachedDataset, MPerClassBatchSampler, RandomBatchSampler, build_dataset,
                            build_eval_transform, build_train_transform, carve_validation, evaluation_splits,
                            resolve_input_config)
-from timm_gsp.distributed import local_device, start_distributed, stop_distributed
 from timm_gsp.errors import ConfigError, OutputExistsError, OutputWriteError
+from timm_gsp.layers.baseline_pools import GeneralizedMeanPool
+from timm_gsp.layers.pool_spec import BASELINE_POOLS, pool_spec
+from timm_gsp.loss.zsr import GSPMetricLoss
 # chance_precision_at_1: P@1 of a random ranking, what learning_check compares a run's P@1 with
-from timm_gsp.evaluate import chance_precision_at_1, check_evaluation_split, evaluate_retrieval
-from timm_gsp.losses import GSPMetricLoss
-from timm_gsp.run_results import RunResults, pretrained_weights_record
-from timm_gsp.spec import BASELINE_POOLS, pool_spec
-from timm_gsp.utils import CLAIM_FILE, FolderClaim, dry_forward, world_size_and_rank, write_file_atomic
+from timm_gsp.retrieval.evaluate import chance_precision_at_1, check_evaluation_split, evaluate_retrieval
+from timm_gsp.train.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from timm_gsp.train.distributed import local_device, start_distributed, stop_distributed
+from timm_gsp.train.folder_claim import CLAIM_FILE, FolderClaim
+from timm_gsp.train.run_results import RunResults, pretrained_weights_record
+from timm_gsp.utils import dry_forward, world_size_and_rank, write_file_atomic
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 DEFAULT_RECIPE = "collage"
@@ -153,14 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--gsp-border", type=int, default=timm_gsp.GSP_DEFAULTS["border"], metavar="RINGS",
                        help="outer rings of feature cells GSP leaves out (zero padding makes border cells alike in every "
                             "image, and they can draw weight); 0: none")
-    model.add_argument("--gsp-mix", choices=timm_gsp.spec.MIXES, default=timm_gsp.GSP_DEFAULTS["mix"],
+    model.add_argument("--gsp-mix", choices=timm_gsp.layers.pool_spec.MIXES, default=timm_gsp.GSP_DEFAULTS["mix"],
                        help="how GSP's plan becomes a vector: sum (weighted sum, the paper), max (max over the "
                             "re-weighted cells), gem (GeM over them), addmax (weighted sum + global max)")
     model.add_argument("--gsp-learn-ratio", action=argparse.BooleanOptionalAction, default=timm_gsp.GSP_DEFAULTS["learn_ratio"],
                        help="learn the transport ratio, starting at --transport-ratio")
     model.add_argument("--gsp-project", action=argparse.BooleanOptionalAction, default=timm_gsp.GSP_DEFAULTS["project"],
                        help="compute the costs and pool on a learned linear map of every cell (from the identity)")
-    model.add_argument("--gsp-norm", choices=timm_gsp.spec.NORMS, default=timm_gsp.GSP_DEFAULTS["norm"],
+    model.add_argument("--gsp-norm", choices=timm_gsp.layers.pool_spec.NORMS, default=timm_gsp.GSP_DEFAULTS["norm"],
                        help="cell normalisation for the costs: unit, or clip (only norms above 1)")
     model.add_argument("--prototype-init", choices=["random", "kcenter", "kcenter-pooled"], default="kcenter",
                        help="kcenter: greedy farthest-point init from local features of training images; "
@@ -413,7 +414,7 @@ def check_resume_settings(args: argparse.Namespace, saved: Dict[str, Any], sourc
 
 def check_eval_split(splits: Dict[str, Any]) -> None:
     """Refuse a split whose metrics would be undefined, or 100 % for any model (one class): the library's
-    check, the one `timm-gsp eval` applies (timm_gsp.evaluate.check_evaluation_split)."""
+    check, the one `timm-gsp eval` applies (timm_gsp.retrieval.evaluate.check_evaluation_split)."""
     check_evaluation_split(splits, hint=", or change --train-fraction / --val-fraction")
 
 
@@ -467,7 +468,7 @@ def build_data(args, model, env: Distributed):
 
 
 def gsp_options(args) -> Dict[str, Any]:
-    """The GSP pool-string options of the flags (``spec.GSP_DEFAULTS`` keys)."""
+    """The GSP pool-string options of the flags (``layers.pool_spec.GSP_DEFAULTS`` keys)."""
     return dict(num_prototypes=args.num_prototypes, transport_ratio=args.transport_ratio, gamma=args.gamma,
                 border=args.gsp_border, mix=args.gsp_mix, learn_ratio=args.gsp_learn_ratio, project=args.gsp_project,
                 norm=args.gsp_norm)
@@ -701,9 +702,9 @@ def plot_metrics(history: List[Dict[str, Any]], path: Path) -> None:
 
 
 def save_weight_maps(model, eval_set, path: Path, count: int = 8) -> None:
-    """One PNG (``viz.weight_map_sheet``): ``count`` evenly spaced held-out images, each above GSP's
+    """One PNG (``retrieval.viz.weight_map_sheet``): ``count`` evenly spaced held-out images, each above GSP's
     selection over it, captioned with its class."""
-    from timm_gsp import viz
+    from timm_gsp.retrieval import viz
 
     indices = list(range(0, len(eval_set), max(len(eval_set) // count, 1)))[:count]
     samples = [eval_set[i] for i in indices]
@@ -891,7 +892,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     try:
         train(args)
-    except (TimmGSPError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+    except USER_ERRORS as error:
         if wants_traceback(args.debug):
             raise
         print(f"train.py: error: {one_line(error)}{after_failed_write(args, error)}", file=sys.stderr)

@@ -13,8 +13,8 @@ from torchvision import transforms as T
 import timm_gsp
 from timm_gsp import RetrievalModelConfig
 from timm_gsp.data import build_dataset, build_eval_transform
-from timm_gsp.evaluate import evaluate_retrieval
-from timm_gsp.run_results import read_results
+from timm_gsp.retrieval.evaluate import evaluate_retrieval
+from timm_gsp.train.run_results import read_results
 
 from conftest import REPO, subprocess_env, torchrun
 from fixtures_data import make_fixture_tree, make_folder_tree, make_image, make_inshop_tree
