@@ -1,7 +1,8 @@
 """Small helpers shared by the core and the tools, one home each: a model in eval mode
 (``eval_mode``, ``dry_forward``), the process group's size (``world_size_and_rank``), files written
 atomically with one-line errors (``write_file_atomic``, ``output_write_error``), a JSON object read
-with one-line errors (``read_json_object``) and a file named by its content (``file_sha256``)."""
+with one-line errors (``read_json_object``), a file named by its content (``file_sha256``) and a sample
+spread over a dataset (``evenly_spaced``)."""
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +12,7 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -19,7 +20,7 @@ from safetensors import SafetensorError
 
 from .errors import ConfigError, OutputWriteError
 
-__all__ = ["PathLike", "dry_forward", "eval_mode", "file_sha256", "fsync_path", "give_plain_file_mode", "output_write_error",
+__all__ = ["PathLike", "dry_forward", "eval_mode", "evenly_spaced", "file_sha256", "fsync_path", "give_plain_file_mode", "output_write_error",
            "read_json_object", "world_size_and_rank", "write_file_atomic"]
 
 PathLike = Union[str, os.PathLike]
@@ -43,6 +44,12 @@ def dry_forward(model: nn.Module, input_size: Tuple[int, int, int], fn=None) -> 
     reference = next(p for p in model.parameters() if not isinstance(p, nn.UninitializedParameter))
     with eval_mode(model):
         return (fn or model)(torch.zeros(1, *input_size, device=reference.device, dtype=reference.dtype))
+
+
+def evenly_spaced(length: int, count: int) -> List[int]:
+    """Up to ``count`` indices of ``range(length)``, one every ``length // count`` from 0 (all of them when
+    ``length <= count``): a fixed sample spread over a dataset, the same in every run."""
+    return list(range(0, length, max(length // count, 1)))[:count]
 
 
 def world_size_and_rank() -> Tuple[int, int]:

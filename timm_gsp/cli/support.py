@@ -1,5 +1,5 @@
 """What the command-line tools (``timm-gsp``, ``examples/train.py``) share: user errors as one line,
-and file names as one line.
+file names as one line, and ``KEY=VALUE`` arguments (``ParseKwargs``).
 
 A user error (``USER_ERRORS``: a ``TimmGSPError`` of ``timm_gsp.errors``, or the operating system's
 refusal of a path the user named) is printed as ``<prog>: error: <one line>``, exit status 1;
@@ -12,11 +12,13 @@ control character is printed quoted and escaped, as the shell's ``$'...'``, so o
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 
 from ..errors import TimmGSPError
 
-__all__ = ["DEBUG_ENV", "USER_ERRORS", "OneLineArgumentParser", "one_line", "printable_path", "wants_traceback"]
+__all__ = ["DEBUG_ENV", "USER_ERRORS", "OneLineArgumentParser", "ParseKwargs", "one_line", "printable_path",
+           "wants_traceback"]
 
 DEBUG_ENV = "TIMM_GSP_DEBUG"  # set to 1: the command-line tools show tracebacks instead of one-line errors
 # What a command line reports as one line: timm-gsp's errors about its input, and the operating system's
@@ -75,3 +77,24 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
+class ParseKwargs(argparse.Action):
+    """``KEY=VALUE ...`` -> dict, each value read as a Python literal when it is one, else kept as a string:
+    timm ``train.py``'s ``--model-kwargs``. Not ``timm.utils.ParseKwargs`` itself, whose parsing differs
+    across the timm versions timm-gsp supports: in timm 1.0.15 a value holding ``=`` or one that is not
+    Python (a path: ``file=/data/w.pth``) raises a traceback; in every version so far an item without
+    ``=`` does. Here a value is split at its first ``=``, anything that is not a literal is a string,
+    and an item without ``=`` is the usual one-line usage error."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        kwargs = {}
+        for item in values:
+            key, sep, value = item.partition("=")
+            if not sep:
+                parser.error(f"{option_string} expects KEY=VALUE items, got {item!r}")
+            try:
+                kwargs[key] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                kwargs[key] = value
+        setattr(namespace, self.dest, kwargs)

@@ -4,7 +4,8 @@ Built with huggingface_hub's own ``ModelCard`` / ``ModelCardData`` / ``EvalResul
 matter is the Hub's schema (``library_name``, ``license``, ``pipeline_tag``, ``tags``, ``model-index``
 with one ``EvalResult`` per retrieval metric, which the Hub renders as the model's evaluation results)
 and parses back with ``ModelCard.load``. The body says what the model is (from its
-``RetrievalModelConfig`` and its pools), how it was measured (the run's ``RunResults``) and how to use it.
+``RetrievalModelConfig`` and its pools), how it was trained (the run's ``TrainingSetup``) and measured (its
+``RunResults``) and how to use it.
 
 A card written before the repo is known names it ``REPO_PLACEHOLDER``; ``fill_repo_id`` puts the
 repo in at upload.
@@ -21,7 +22,7 @@ from ..layers.baseline_pools import pooled_width
 from ..layers.gsp_pool import gsp_modules
 from ..layers.pool_spec import parse_gsp_spec
 from ..models.model_config import RetrievalModelConfig
-from ..train.run_results import RunResults
+from ..train.run_results import RunResults, TrainingSetup
 
 __all__ = ["DATASET_NAMES", "REPO_PLACEHOLDER", "fill_repo_id", "metrics_table", "model_card"]
 
@@ -61,9 +62,6 @@ DATASET_NAMES = {
 }
 # Keys of ``timm_gsp.metrics.RetrievalMetrics.compute()`` -> the field's names for them.
 _FIXED_METRIC_NAMES = {"precision_at_1": "P@1", "r_precision": "R-Precision", "map_at_r": "MAP@R"}
-# Recipe keys left out of a public card: local paths and switches that say nothing about the recipe.
-_PRIVATE_RUN_KEYS = frozenset({"data_dir", "root", "output", "resume", "checkpoint", "workers", "no_progress",
-                               "pretrained_path"})
 # What a baseline pool does, for people.
 _BASELINE_NAMES = {"avg": "average", "max": "max", "avgmax": "average + max (their mean)",
                    "catavgmax": "average and max (concatenated)", "gem": "generalized-mean (GeM)"}
@@ -112,8 +110,8 @@ def _card_data(name: str, license: str, metrics: Mapping[str, float], dataset: O
 # --- the body -----------------------------------------------------------------------------------
 
 def _public_value(value: Any) -> Any:
-    """A recipe value as a public card shows it: an absolute path of the machine that trained (``--recipe
-    /home/me/my.yaml``, a path inside ``model_kwargs``) by its last name only; the rest as it is."""
+    """A setting as a public card shows it: an absolute path of the machine that trained (a recipe file
+    ``/home/me/my.yaml``) by its last name only; the rest as it is."""
     if isinstance(value, str) and (value.startswith("/") or re.match(r"[A-Za-z]:[\\/]", value)):
         return re.split(r"[\\/]+", value.rstrip("\\/"))[-1]
     if isinstance(value, Mapping):
@@ -127,6 +125,18 @@ def _format_value(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value)
     text = text.replace("|", "\\|").replace("\n", " ")
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _setup_rows(setup: TrainingSetup) -> List[Tuple[str, Any]]:
+    """(setting, value) rows of the recipe table, in ``TrainingSetup``'s order: each recorded field, a
+    mapping (learning rates per group, augmentation, evaluation transform) one row per item."""
+    rows: List[Tuple[str, Any]] = []
+    for name, value in setup.to_dict().items():
+        if isinstance(value, Mapping):
+            rows += [(f"{name}.{key}", item) for key, item in value.items() if item is not None]
+        elif value is not None:
+            rows.append((name, value))
+    return rows
 
 
 def _pooling(config: RetrievalModelConfig) -> str:
@@ -207,7 +217,7 @@ def model_card(
     Args:
         model: the model being published (for its GSP pools, feature width and parameter count).
         config: its description, ``data_config`` complete (the published preprocessing).
-        results: the run's results: metrics table and model-index, the recipe table; ``dataset``
+        results: the run's results: metrics table and model-index, the recipe table (its ``setup``); ``dataset``
             and ``split`` default to its ``dataset`` and ``eval_split`` (else ``"test"``).
         repo_id: the Hub repo; ``None`` writes ``REPO_PLACEHOLDER`` (``fill_repo_id`` at upload).
         sheets: ``{"retrieval": file name, "weights": file name}`` of pictures in the folder.
@@ -236,10 +246,10 @@ def model_card(
     if sheets:
         text += _examples(sheets, split)
     text += ["", "## Training recipe", ""]
-    public = {k: _public_value(v) for k, v in results.recipe.items() if k not in _PRIVATE_RUN_KEYS and v is not None}
-    if public:
-        text += ["| Argument | Value |", "|---|---|"]
-        text += [f"| {_format_value(k)} | {_format_value(v)} |" for k, v in sorted(public.items())]
+    rows = _setup_rows(results.setup) if results.setup is not None else []
+    if rows:
+        text += ["| Setting | Value |", "|---|---|"]
+        text += [f"| {_format_value(name)} | {_format_value(_public_value(value))} |" for name, value in rows]
     else:
         text.append("Not recorded.")
     text += _usage(repo, config.gsp is not None, license)

@@ -7,6 +7,7 @@ pictures that show it: a retrieval sheet (queries with their top-k) and a GSP we
     embedded = embed_splits(model, splits)                            # the same, in two steps,
     metrics = score_embeddings(embedded)                              # keeping the embeddings
     write_sheets(folder, model, splits, embedded, mean=..., std=...)  # for the pictures
+    write_weight_maps(path, model, dataset, mean=..., std=...)        # GSP's weights over a few images
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from ..errors import ConfigError
 from ..metrics.knn import exact_knn
 from ..metrics.retrieval import RetrievalMetrics, average_precision_at_r, relevant_counts
-from ..utils import PathLike, eval_mode, world_size_and_rank, write_file_atomic
+from ..utils import PathLike, eval_mode, evenly_spaced, world_size_and_rank, write_file_atomic
 
 __all__ = [
     "SHEET_FILES",
@@ -38,6 +39,7 @@ __all__ = [
     "score_embeddings",
     "shard_indices",
     "write_sheets",
+    "write_weight_maps",
 ]
 
 # The pictures of a model's retrieval, as written into a report or a published model folder.
@@ -309,6 +311,27 @@ def write_sheets(
         save_picture(weight_map_sheet(model, images.to(device), mean, std, captions=captions, thumb=thumb),
                      written["weights"])
     return written
+
+
+def write_weight_maps(
+        path: PathLike,
+        model: torch.nn.Module,
+        dataset: Dataset,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        count: int = 8,
+        thumb: int = 112,
+) -> Path:
+    """Write one row of ``viz.weight_map_sheet`` to ``path`` (``save_picture``): ``count`` evenly spaced
+    images of ``dataset`` (``ds[i] -> (model input, label)``), each above the selection of the GSP
+    model over it, captioned with its class. ``mean`` / ``std``: the inputs' normalisation. Returns ``path``."""
+    from .viz import weight_map_sheet
+
+    samples = [dataset[i] for i in evenly_spaced(len(dataset), count)]
+    images = torch.stack([image for image, _ in samples]).to(next(model.parameters()).device)
+    captions = [_label(dataset, int(label)) for _, label in samples]
+    return save_picture(weight_map_sheet(model, images, mean, std, captions=captions, columns=count, thumb=thumb), path)
 
 
 def save_picture(image: Any, path: PathLike) -> Path:

@@ -4,15 +4,24 @@ torchrun sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` in each process's envi
 may run under torchrun (``timm-gsp embed``, ``examples/train.py``) calls ``start_distributed()`` once
 at start and ``stop_distributed()`` at the end; outside torchrun both do nothing. After the start,
 ``utils.world_size_and_rank()`` gives the job's size and this process's rank.
+
+A training loop takes the job as one object, ``DistributedJob``: started on creation, stopped by
+``close()`` (or at the end of a ``with`` block), it knows its size, rank and device and does what a
+loop needs of the other processes (a barrier, the main process first, a gather of Python objects, the
+averaging of gradients DDP does not see). In a job of one process every step is a no-op.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Any, Iterable, Iterator, List
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["local_device", "start_distributed", "stop_distributed"]
+from ..utils import world_size_and_rank
+
+__all__ = ["DistributedJob", "local_device", "start_distributed", "stop_distributed"]
 
 
 def _local_rank() -> int:
@@ -41,3 +50,70 @@ def stop_distributed() -> None:
     """Leave the job joined by ``start_distributed`` (nothing to do outside one)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class DistributedJob:
+    """This process's part in its torchrun job, or a job of one process outside torchrun.
+
+    Creating it joins the job (``start_distributed``); ``close()`` leaves it (``stop_distributed``), as
+    does the end of ``with DistributedJob() as job:``.
+
+    Attributes:
+        world_size, rank: the job's size and this process's rank (1 and 0 outside torchrun).
+        device: this process's device (``local_device``).
+    """
+
+    def __init__(self) -> None:
+        start_distributed()
+        self.world_size, self.rank = world_size_and_rank()
+        self.device = local_device()
+
+    @property
+    def enabled(self) -> bool:
+        """More than one process."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes the run's files and prints."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """The block runs on the main process first, then on the others: what the main process makes
+        there (a generated dataset's cache) is complete before another process reads it."""
+        if not self.is_main:
+            self.barrier()
+        yield
+        if self.is_main:
+            self.barrier()
+
+    def all_gather_object(self, value: Any) -> List[Any]:
+        """Every rank's ``value`` (any picklable object), in rank order, on every rank."""
+        if not self.enabled:
+            return [value]
+        gathered: List[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def average_gradients(self, parameters: Iterable[torch.nn.Parameter]) -> None:
+        """Average the gradients of parameters DDP does not wrap (a loss's proxies, ZSR's class
+        embeddings) over the ranks, as DDP averages the model's."""
+        if self.enabled:
+            for p in parameters:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world_size
+
+    def close(self) -> None:
+        stop_distributed()
+
+    def __enter__(self) -> "DistributedJob":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
