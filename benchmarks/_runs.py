@@ -207,7 +207,7 @@ def load_trained(out: Path):
     """(model in eval mode, RunResults) of a finished run, with the weights its metrics belong to."""
     from safetensors.torch import load_file
 
-    from timm_gsp.run_results import read_results
+    from timm_gsp.train.run_results import read_results
     results = read_results(out / "results.json")
     model = results.model.build()
     model.load_state_dict(load_file(str(out / results.checkpoint / "model.safetensors")))
@@ -368,7 +368,7 @@ def heat_map_figure(images: torch.Tensor, boxes: torch.Tensor, heat_maps: Sequen
     """
     from PIL import Image, ImageDraw
 
-    from timm_gsp import viz
+    from timm_gsp.retrieval import viz
     shown = viz.denormalize(images.float(), mean, std)
     size = images.shape[-1]
     sheet = Image.new("RGB", (cell * len(images), cell * (1 + len(heat_maps))), "white")
@@ -386,7 +386,7 @@ def heat_map_figure(images: torch.Tensor, boxes: torch.Tensor, heat_maps: Sequen
 
 def weight_map_figure(model, images: torch.Tensor, boxes: torch.Tensor, mean, std, path: Path, cell: int = 128) -> None:
     """``heat_map_figure`` of GSP's pooling weights."""
-    from timm_gsp import viz
+    from timm_gsp.retrieval import viz
     heat_map_figure(images, boxes, [viz.pooling_maps(model, images).weights], mean, std, path, cell)
 
 
@@ -455,7 +455,7 @@ def max_and_gsp_maps(summary: Dict, runs_dir: Path, test_batches, path: Path, gs
         print(f"{path.name} left as it is: the runs' weights are not here", flush=True)
         return
     import timm_gsp
-    from timm_gsp import viz
+    from timm_gsp.retrieval import viz
     rows, images, boxes, cfg = [], None, None, None
     for out in outs:
         model, results = load_trained(out)

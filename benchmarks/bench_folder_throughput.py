@@ -36,7 +36,7 @@ import timm_gsp
 from timm_gsp.data import (
     Augmentation, CachedDataset, FolderDataset, MPerClassBatchSampler, build_train_transform, resolve_input_config,
 )
-from timm_gsp.data.scenes import ScenesConfig, write_scenes
+from timm_gsp.data.generated.scenes import ScenesConfig, write_scenes
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
 SCENES = ScenesConfig(num_classes=50, images_per_class=20)

@@ -76,7 +76,7 @@ def worker(args) -> dict:
         torch.set_num_threads(args.threads)
     emb, labels = make_data(args.num_embeddings, args.num_classes, args.dim, args.noise, args.seed)
     if args.worker == "ours":
-        from timm_gsp.metrics import RetrievalMetrics
+        from timm_gsp.metrics.retrieval import RetrievalMetrics
 
         metric = RetrievalMetrics(k_values=(1, 2, 4, 8), distance="cosine", chunk_size=args.chunk_size)
         for s in range(0, len(labels), 256):  # like an eval loop

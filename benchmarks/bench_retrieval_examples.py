@@ -1,5 +1,5 @@
-"""Peak memory of ``timm_gsp.evaluate.retrieval_examples`` (the queries a report pictures) against the
-way it was computed before ``knn.py`` became the one exact k-NN, on an SOP-sized same-set problem.
+"""Peak memory of ``timm_gsp.retrieval.evaluate.retrieval_examples`` (the queries a report pictures) against the
+way it was computed before ``metrics/knn.py`` became the one exact k-NN, on an SOP-sized same-set problem.
 
     python benchmarks/bench_retrieval_examples.py                  # 60,502 x 512, 11,316 classes (a few minutes on 2 cores)
     python benchmarks/bench_retrieval_examples.py --num-embeddings 5000 --num-classes 800   # quick
@@ -8,7 +8,7 @@ The embeddings are random and L2-normalised, the labels uniformly random class i
 (the same-set protocol of SOP). "old" is the previous code, frozen below: it counted each query's
 relevant items with a dense (Q, G) bool mask (3.4 GiB at SOP size) and scored chunks of 1,024 queries
 against the whole gallery. "new" is the package: relevant counts from the gallery's label counts and
-``knn.exact_knn``'s blockwise top-k.
+``metrics.knn.exact_knn``'s blockwise top-k.
 
 Each side runs in its own fresh subprocess (same seed, same data). Memory is the peak RSS of the call
 over what was resident just before it (the embeddings, Python and torch): ``VmHWM`` after resetting it
@@ -46,7 +46,7 @@ def make_data(n: int, num_classes: int, dim: int, seed: int):
 # R and its ranking; choosing the queries from the average precisions did not change and is shared ---
 
 def _old_ranked(query, gallery, k, same_set, chunk=1024):
-    from timm_gsp.knn import sort_by_score_then_index, topk
+    from timm_gsp.metrics.knn import sort_by_score_then_index, topk
 
     query, gallery = F.normalize(query.float(), dim=1), F.normalize(gallery.float(), dim=1)
     scores, indices = [], []
@@ -65,8 +65,8 @@ def old_retrieval_examples(embeddings, labels, k=5, num_sample=4, num_worst=4, s
     """The same-set case of the old ``retrieval_examples``, as a dict of its result's fields.
     ``dense_counts=False`` swaps its dense count of R for the label counts (the same integers), to get
     the old ranking and picks where the dense count does not fit in memory."""
-    from timm_gsp.evaluate import pick_queries
-    from timm_gsp.metrics import average_precision_at_r, relevant_counts
+    from timm_gsp.metrics.retrieval import average_precision_at_r, relevant_counts
+    from timm_gsp.retrieval.evaluate import pick_queries
 
     query = gallery = embeddings
     query_labels = gallery_labels = labels
@@ -84,7 +84,7 @@ def old_retrieval_examples(embeddings, labels, k=5, num_sample=4, num_worst=4, s
 
 
 def new_retrieval_examples(embeddings, labels, k=5, num_sample=4, num_worst=4, seed=0):
-    from timm_gsp.evaluate import retrieval_examples
+    from timm_gsp.retrieval.evaluate import retrieval_examples
 
     examples = retrieval_examples({"test": (embeddings, labels)}, k, num_sample, num_worst, seed)
     return {name: getattr(examples, name) for name in FIELDS}

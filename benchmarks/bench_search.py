@@ -1,4 +1,4 @@
-"""Search a million-item gallery: timm_gsp.search's exact chunked search vs faiss, exact and approximate.
+"""Search a million-item gallery: timm_gsp.retrieval.search's exact chunked search vs faiss, exact and approximate.
 
     python benchmarks/bench_search.py                      # 1,000 queries x 1,000,000 x 512 (about 30 min on 2 cores)
     python benchmarks/bench_search.py --num-items 100000   # a quick run
@@ -45,7 +45,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # import timm_gsp from this checkout
 
-from timm_gsp.search import build_faiss_index, read_index, search, search_faiss, write_index  # noqa: E402
+from timm_gsp.retrieval.search import build_faiss_index, read_index, search, search_faiss, write_index  # noqa: E402
 
 from _memory import PeakMemory  # noqa: E402  the benchmarks' one peak-memory meter (benchmarks/_memory.py)
 

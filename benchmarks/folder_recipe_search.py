@@ -33,7 +33,7 @@ OUT = RESULTS / "folder_search"
 BASE_RECIPE = Path(__file__).resolve().parent / "folder_scratch_v1.yaml"  # what every trial starts from
 VAL = ["--val-fraction", "0.25", "--eval-every", "1000", "--workers", "0", "--cache-images"]
 
-# The reference point: a six-conv network whose first stage keeps the full resolution (plain_cnn6),
+# The reference point: a six-conv network whose first stage keeps the full resolution (plain_cnn6),
 # ProxyAnchor, no augmentation, random batches. The others change one thing of it at a time.
 PLAIN = ["--model", "plain_cnn6", "--model-kwargs", "--channels-last"]
 NO_AUG = ["--scale", "1", "1", "--ratio", "1", "1", "--hflip", "0"]

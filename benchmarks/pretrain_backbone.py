@@ -86,7 +86,7 @@ def source_folders() -> Dict[str, Path]:
 
 def benchmark_fashion_items() -> set:
     """Fashion-MNIST indices that are classes of a benchmark fashion folder (generator seeds 0 and 1)."""
-    from timm_gsp.data.fashion import FashionConfig, class_items, load_fashion_mnist
+    from timm_gsp.data.generated.fashion import FashionConfig, class_items, load_fashion_mnist
     count = len(load_fashion_mnist().images)
     return {int(i) for seed in BENCHMARK_SEEDS for i in class_items(FashionConfig(seed=seed), count)[0]}
 
@@ -102,7 +102,7 @@ def photo_classes(rng: np.random.Generator) -> List[np.ndarray]:
     """Quadrant classes of the scikit-image photographs: per class, random zoomed crops (N, S, S, 3)."""
     from PIL import Image
 
-    from timm_gsp.data.scenes import photo_pool
+    from timm_gsp.data.generated.scenes import photo_pool
     side, grid, n = RECIPE["image_size"], RECIPE["photo_grid"], RECIPE["images_per_class"]
     classes = []
     for photo in photo_pool():

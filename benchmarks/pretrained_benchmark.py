@@ -134,8 +134,8 @@ def zero_shot(target: str, split: str, bn_passes: int = 0) -> Dict[str, float]:
     import timm_gsp
     from timm_gsp.data import build_dataset, build_eval_transform, build_train_transform
     from timm_gsp.data.transforms import Augmentation
-    from timm_gsp.evaluate import evaluate_retrieval
-    from timm_gsp.model_config import resolve_input_config
+    from timm_gsp.models.model_config import resolve_input_config
+    from timm_gsp.retrieval.evaluate import evaluate_retrieval
     model = timm_gsp.create_model(MODEL, pretrained_path=WEIGHTS, pool="avg", embed_dim=0)
     config = resolve_input_config(model, IMG_SIZE, crop_pct=FOLDER_RECIPE["crop_pct"])
     root, extra = target_root(target), ({"val_fraction": 0.25, "val_seed": 0} if split == "val" else {})

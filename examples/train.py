@@ -31,21 +31,19 @@ file or one of another architecture is refused before anything is written. The r
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
+import dataclasses
 import json
 import math
 import os
-import random
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 try:
     import matplotlib  # noqa: F401 (checked now: the plots are drawn at the end of the run)
@@ -55,26 +53,28 @@ try:
 except ImportError as missing:  # the training extras are not part of the core install
     sys.exit(f"train.py: error: {missing.name} is missing; the training script needs: pip install 'timm-gsp[train]'")
 from timm.scheduler import CosineLRScheduler, StepLRScheduler
+from timm.utils import random_seed
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import timm_gsp
 from timm_gsp import RetrievalModelConfig, TimmGSPError
-from timm_gsp.baseline_pools import GeneralizedMeanPool
-from timm_gsp.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from timm_gsp.cli_support import OneLineArgumentParser, one_line, wants_traceback
-from timm_gsp.data import (Augmentation, CachedDataset, MPerClassBatchSampler, RandomBatchSampler, build_dataset,
+from timm_gsp.cli.support import USER_ERRORS, OneLineArgumentParser, ParseKwargs, one_line, wants_traceback
+from timm_gsp.data import (DATASETS, Augmentation, CachedDataset, MPerClassBatchSampler, RandomBatchSampler, build_dataset,
                            build_eval_transform, build_train_transform, carve_validation, evaluation_splits,
                            resolve_input_config)
-from timm_gsp.distributed import local_device, start_distributed, stop_distributed
 from timm_gsp.errors import ConfigError, OutputExistsError, OutputWriteError
+from timm_gsp.layers.baseline_pools import GeneralizedMeanPool
+from timm_gsp.layers.pool_spec import BASELINE_POOLS, MIXES, NORMS, pool_spec
+from timm_gsp.loss.zsr import GSPMetricLoss
 # chance_precision_at_1: P@1 of a random ranking, what learning_check compares a run's P@1 with
-from timm_gsp.evaluate import chance_precision_at_1, check_evaluation_split, evaluate_retrieval
-from timm_gsp.losses import GSPMetricLoss
-from timm_gsp.run_results import RunResults, pretrained_weights_record
-from timm_gsp.spec import BASELINE_POOLS, pool_spec
-from timm_gsp.utils import CLAIM_FILE, FolderClaim, dry_forward, world_size_and_rank, write_file_atomic
+from timm_gsp.retrieval.evaluate import chance_precision_at_1, check_evaluation_split, evaluate_retrieval, write_weight_maps
+from timm_gsp.train.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from timm_gsp.train.distributed import DistributedJob
+from timm_gsp.train.folder_claim import CLAIM_FILE, FolderClaim
+from timm_gsp.train.run_results import RunResults, TrainingSetup, pretrained_weights_record
+from timm_gsp.utils import dry_forward, evenly_spaced, write_file_atomic
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 DEFAULT_RECIPE = "collage"
@@ -88,6 +88,7 @@ METRIC_LOSSES = {
 }
 # --pool -> the timm / timm-gsp pool: GSP, GAP (timm's "avg") and every baseline the factory accepts
 POOLS = {"gsp": "gsp", "gap": "avg", **{name: name for name in BASELINE_POOLS if name != "avg"}}
+AUGMENTATION = Augmentation()  # the augmentation flags' defaults: timm train.py's, as the library keeps them
 SELECTION_METRIC = "map_at_r"  # what checkpoint-best maximises on the validation classes
 # "Not learning" (a warning, and learning_check in results.json) needs both signs at once, judged from the
 # second epoch on. The loss: a run that learns lowers its epoch-mean metric loss by well over 5 % within a few
@@ -103,21 +104,7 @@ RESUMABLE = frozenset({"epochs", "eval_every", "workers", "cache_images", "data_
 RUN_FILES = ("results.json", "metrics.jsonl", "metrics.png", "gsp_weights.png", "checkpoint", "checkpoint-best")
 
 
-class ParseKwargs(argparse.Action):
-    """``KEY=VALUE ...`` -> dict, values read as Python literals when they are (timm train.py's --model-kwargs)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        kwargs = {}
-        for item in values:
-            key, sep, value = item.partition("=")
-            if not sep:
-                parser.error(f"{option_string} expects KEY=VALUE items, got {item!r}")
-            try:
-                kwargs[key] = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                kwargs[key] = value
-        setattr(namespace, self.dest, kwargs)
-
+# --- arguments: flags > recipe YAML > parser defaults ---------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -125,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a name in examples/recipes (collage, folder, folder-scratch, cub, cars, sop, inshop) or a "
                              "YAML file; default: the dataset's recipe (collage without a dataset)")
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=["cub", "cars", "sop", "inshop", "folder", "collage"])
+    data.add_argument("--dataset", choices=list(DATASETS))
     data.add_argument("--data-dir", default=None, help="dataset root (collage: cache folder, default ~/.cache/timm_gsp)")
     data.add_argument("--val-fraction", type=float, default=0.0,
                       help="hold out this share of TRAIN classes, evaluate on them and keep the best epoch (checkpoint-best/)")
@@ -153,14 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--gsp-border", type=int, default=timm_gsp.GSP_DEFAULTS["border"], metavar="RINGS",
                        help="outer rings of feature cells GSP leaves out (zero padding makes border cells alike in every "
                             "image, and they can draw weight); 0: none")
-    model.add_argument("--gsp-mix", choices=timm_gsp.spec.MIXES, default=timm_gsp.GSP_DEFAULTS["mix"],
+    model.add_argument("--gsp-mix", choices=MIXES, default=timm_gsp.GSP_DEFAULTS["mix"],
                        help="how GSP's plan becomes a vector: sum (weighted sum, the paper), max (max over the "
                             "re-weighted cells), gem (GeM over them), addmax (weighted sum + global max)")
     model.add_argument("--gsp-learn-ratio", action=argparse.BooleanOptionalAction, default=timm_gsp.GSP_DEFAULTS["learn_ratio"],
                        help="learn the transport ratio, starting at --transport-ratio")
     model.add_argument("--gsp-project", action=argparse.BooleanOptionalAction, default=timm_gsp.GSP_DEFAULTS["project"],
                        help="compute the costs and pool on a learned linear map of every cell (from the identity)")
-    model.add_argument("--gsp-norm", choices=timm_gsp.spec.NORMS, default=timm_gsp.GSP_DEFAULTS["norm"],
+    model.add_argument("--gsp-norm", choices=NORMS, default=timm_gsp.GSP_DEFAULTS["norm"],
                        help="cell normalisation for the costs: unit, or clip (only norms above 1)")
     model.add_argument("--prototype-init", choices=["random", "kcenter", "kcenter-pooled"], default="kcenter",
                        help="kcenter: greedy farthest-point init from local features of training images; "
@@ -170,13 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="kcenter-pooled: epochs trained with random prototypes before the init")
     model.add_argument("--drop-path", type=float, default=None)
     aug = parser.add_argument_group("augmentation and evaluation transform (timm train.py's names and meanings)")
-    aug.add_argument("--scale", type=float, nargs=2, default=[0.08, 1.0], metavar="PCT", help="RandomResizedCrop area range")
-    aug.add_argument("--ratio", type=float, nargs=2, default=[3 / 4, 4 / 3], metavar="RATIO", help="RandomResizedCrop aspect range")
-    aug.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability")
-    aug.add_argument("--vflip", type=float, default=0.0, help="vertical flip probability")
-    aug.add_argument("--color-jitter", type=float, default=0.4, metavar="PCT", help="colour jitter strength (0: none)")
-    aug.add_argument("--aa", default=None, metavar="NAME", help="AutoAugment / RandAugment policy, e.g. rand-m9-mstd0.5")
-    aug.add_argument("--reprob", type=float, default=0.0, metavar="PCT", help="random erasing probability")
+    aug.add_argument("--scale", type=float, nargs=2, default=list(AUGMENTATION.scale), metavar="PCT",
+                     help="RandomResizedCrop area range")
+    aug.add_argument("--ratio", type=float, nargs=2, default=list(AUGMENTATION.ratio), metavar="RATIO",
+                     help="RandomResizedCrop aspect range")
+    aug.add_argument("--hflip", type=float, default=AUGMENTATION.hflip, help="horizontal flip probability")
+    aug.add_argument("--vflip", type=float, default=AUGMENTATION.vflip, help="vertical flip probability")
+    aug.add_argument("--color-jitter", type=float, default=AUGMENTATION.color_jitter, metavar="PCT",
+                     help="colour jitter strength (0: none)")
+    aug.add_argument("--aa", default=AUGMENTATION.auto_augment, metavar="NAME",
+                     help="AutoAugment / RandAugment policy, e.g. rand-m9-mstd0.5")
+    aug.add_argument("--reprob", type=float, default=AUGMENTATION.re_prob, metavar="PCT", help="random erasing probability")
     aug.add_argument("--crop-pct", type=float, default=None, help="evaluation centre-crop share (default: the model's)")
     aug.add_argument("--interpolation", default=None, help="resize interpolation, train and eval (default: the model's)")
     loss = parser.add_argument_group("loss")
@@ -284,214 +275,251 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if args.resume and args.overwrite:
         parser.error("--resume continues the run in --output and --overwrite replaces it: pass one of them")
     try:
-        Augmentation(scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip,
-                     color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob)
+        augmentation_of(args)
         timm_gsp.format_gsp_spec(**gsp_options(args))
     except ValueError as error:
         parser.error(str(error))
 
 
-class Distributed:
-    """torchrun's job (joined by the package's ``start_distributed``), or a single process."""
-
-    def __init__(self) -> None:
-        start_distributed()
-        self.world_size, self.rank = world_size_and_rank()
-        self.device = local_device()
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
-    def all_gather_object(self, value: Any) -> List[Any]:
-        if not self.enabled:
-            return [value]
-        gathered: List[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, value)
-        return gathered
-
-    def average_gradients(self, parameters) -> None:
-        """Parameters outside DDP (loss proxies, ZSR class embeddings) get DDP's averaging by hand."""
-        if self.enabled:
-            for p in parameters:
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= self.world_size
-
-    def close(self) -> None:
-        stop_distributed()
+def augmentation_of(args: argparse.Namespace) -> Augmentation:
+    """The augmentation flags as the library's ``Augmentation`` (refused there with a ValueError)."""
+    return Augmentation(scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip,
+                        color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob)
 
 
-def amp_dtype(choice: str, device: torch.device) -> Optional[torch.dtype]:
-    if choice == "none" or (choice == "auto" and device.type != "cuda"):
-        return None
-    if choice == "fp16" or (choice == "auto" and not torch.cuda.is_bf16_supported()):
-        return torch.float16
-    return torch.bfloat16
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-# --- the run folder ------------------------------------------------------------------------------
-
-def prepare_output(args: argparse.Namespace, env: Distributed, exits: contextlib.ExitStack) -> Path:
-    """The output folder, this run's from its first look at it until the run ends, however it ends: rank 0
-    claims it (``FolderClaim``: a lock that dies with its process, so a killed run's claim is taken
-    over), refusing a folder another live run holds (--resume and --overwrite too), and one that holds a
-    run unless --resume or --overwrite says so. ``exits`` releases the claim; a folder the claim made
-    goes with it if the run wrote nothing into it, and one that was there before is left as it was
-    (--overwrite replaces the previous run only once this one can start: ``clear_previous_run``)."""
-    output = Path(args.output)
-    refusal = None
-    if env.is_main:
-        try:
-            claim_output(args, output, exits)
-        except TimmGSPError as error:
-            refusal = error
-    refusal = env.all_gather_object(refusal)[0]  # every rank stops with rank 0's reason
-    if refusal is not None:
-        raise refusal
-    return output
-
-
-def claim_output(args: argparse.Namespace, output: Path, exits: contextlib.ExitStack) -> None:
-    if output.exists() and not output.is_dir():
-        raise OutputExistsError(f"--output {output} is a file, not a folder: choose another --output")
-    claim = FolderClaim(output)
-    if not claim.acquire():
-        raise OutputExistsError(f"--output {output} is in use by {claim.holder}: wait for it to end, "
-                                f"or choose another --output")
-    exits.callback(claim.release)
-    if args.resume:
-        return
-    existing = sorted(p.name for p in output.iterdir() if p.name != CLAIM_FILE)
-    if existing and not args.overwrite:
-        ours = run_files(output)
-        what = ", ".join(ours) if ours else f"{len(existing)} other files"
-        raise OutputExistsError(f"--output {output} already holds a run ({what}): pass --resume to continue it, "
-                                f"--overwrite to replace it, or choose another --output")
-
-
-def run_files(output: Path) -> List[str]:
-    """The names in ``output`` that a run writes (anything else there is the user's)."""
-    return sorted(p.name for p in output.iterdir() if p.name in RUN_FILES or p.name.startswith(".checkpoint"))
-
-
-def clear_previous_run(args: argparse.Namespace, output: Path, env: Distributed) -> None:
-    """--overwrite: the previous run's files go once this run can start (a run that fails at its start
-    replaces nothing); anything else in the folder is the user's and stays."""
-    if env.is_main and args.overwrite:
-        for name in run_files(output):
-            target = output / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-
-
-def check_resume_settings(args: argparse.Namespace, saved: Dict[str, Any], source: Path) -> None:
-    """Refuse a --resume whose model / data / optimisation settings differ from the checkpoint's."""
-    current = json.loads(json.dumps(vars(args)))  # lists for tuples, as stored
-    changed = [f"--{key.replace('_', '-')}: {saved[key]!r} in the checkpoint, {current.get(key)!r} now"
-               for key in sorted(saved) if key not in RESUMABLE and saved[key] != current.get(key)]
-    if changed:
-        raise ConfigError(f"--resume from {source} with other settings than the run's: " + "; ".join(changed)
-                          + f". Resume with the run's settings (only {', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE - {'resume', 'overwrite', 'output', 'debug'}))} may change), "
-                          "or start a new run with --output")
-
-
-# --- data, model, loss, optimiser ----------------------------------------------------------------
-
-def check_eval_split(splits: Dict[str, Any]) -> None:
-    """Refuse a split whose metrics would be undefined, or 100 % for any model (one class): the library's
-    check, the one `timm-gsp eval` applies (timm_gsp.evaluate.check_evaluation_split)."""
-    check_evaluation_split(splits, hint=", or change --train-fraction / --val-fraction")
-
-
-def build_data(args, model, env: Distributed):
-    """Train loader (m-per-class or random batches, sharded over ranks), the evaluation split(s), their data
-    config (input size, mean, std, crop: what an exported model publishes) and the two transforms."""
-    # The preprocessing the metrics are measured with: what an exported model must publish.
-    eval_data_config = resolve_input_config(model, args.img_size, crop_pct=args.crop_pct, interpolation=args.interpolation)
-    augmentation = Augmentation(scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip,
-                                color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob)
-    train_tf = build_train_transform(eval_data_config, augmentation)
-    eval_tf = build_eval_transform(eval_data_config)
-    extra: Dict[str, Any] = {}
-    if args.skip_corrupt:
-        extra["skip_corrupt"] = True
-    if args.train_fraction is not None:
-        extra["train_fraction"] = args.train_fraction
-    # Build the cached collage once, on the main process, before the others read it.
-    if not env.is_main:
-        env.barrier()
-    train_set = build_dataset(args.dataset, args.data_dir, "train", train_tf, **extra)
-    if env.is_main:
-        env.barrier()
-    if args.val_fraction:  # both halves from the one training split read above
-        val_set = carve_validation(train_set, "val", args.val_fraction, args.seed)
-        val_set.transform = eval_tf  # select_classes returned a copy: the train half keeps train_tf
-        train_set = carve_validation(train_set, "train", args.val_fraction, args.seed)
-        eval_splits = {"val": val_set}
-    else:
-        eval_splits = {s: build_dataset(args.dataset, args.data_dir, s, eval_tf, **extra) for s in evaluation_splits(args.dataset)}
-    check_eval_split(eval_splits)
-    if args.cache_images:  # after the splits are carved: each decodes only its own images
-        train_set = CachedDataset(train_set, progress=not args.no_progress)
-        eval_splits = {name: CachedDataset(split, progress=not args.no_progress) for name, split in eval_splits.items()}
-    # one pass over the training images per epoch, whatever the world size
-    layout = dict(num_batches=max(len(train_set) // (args.batch_size * env.world_size), 1) * env.world_size,
-                  num_replicas=env.world_size, rank=env.rank, seed=args.seed)
-    if args.m_per_class == 0:
-        if len(train_set) < args.batch_size:
-            raise ConfigError(f"--batch-size {args.batch_size} is more than the {len(train_set)} training images: lower --batch-size")
-        sampler = RandomBatchSampler(train_set.labels, args.batch_size, **layout)
-    else:
-        classes_per_batch = args.batch_size // args.m_per_class
-        if train_set.num_classes < classes_per_batch:
-            raise ConfigError(f"--batch-size {args.batch_size} / --m-per-class {args.m_per_class} = {classes_per_batch} "
-                              f"classes per batch, but the training split has {train_set.num_classes}: lower --batch-size")
-        sampler = MPerClassBatchSampler(train_set.labels, args.m_per_class, args.batch_size, **layout)
-    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers,
-                        pin_memory=env.device.type == "cuda", persistent_workers=args.workers > 0)
-    return train_set, loader, sampler, eval_splits, eval_data_config, (train_tf, eval_tf)
-
-
-def gsp_options(args) -> Dict[str, Any]:
-    """The GSP pool-string options of the flags (``spec.GSP_DEFAULTS`` keys)."""
+def gsp_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """The GSP flags as the pool-string options (``layers.pool_spec.GSP_DEFAULTS`` keys)."""
     return dict(num_prototypes=args.num_prototypes, transport_ratio=args.transport_ratio, gamma=args.gamma,
                 border=args.gsp_border, mix=args.gsp_mix, learn_ratio=args.gsp_learn_ratio, project=args.gsp_project,
                 norm=args.gsp_norm)
 
 
-def model_description(args, data_config: Optional[Dict[str, Any]] = None) -> RetrievalModelConfig:
-    kwargs = dict(args.model_kwargs)
-    if args.drop_path is not None:
-        kwargs["drop_path_rate"] = args.drop_path
-    pool = pool_spec(POOLS[args.pool], **gsp_options(args))
-    return RetrievalModelConfig(args.model, embed_dim=args.embed_dim, pool=pool, model_kwargs=kwargs,
-                                data_config=data_config or {})
-
-
-def build_model(args, env: Distributed, resuming: bool = False) -> torch.nn.Module:
-    """The model, with the backbone's pretrained weights (timm's, or --pretrained-path's file) unless the
-    run resumes: its checkpoint replaces every weight, so nothing is downloaded or read for it.
-    It is built before the output folder is touched, once: a --pretrained-path that is missing,
-    unreadable or of another architecture is a usage error (exit 2, the library names the file and its
-    first mismatching keys) that leaves nothing behind."""
-    pretrained = (args.pretrained or args.pretrained_path is not None) and not resuming
-    pretrained_path = None if resuming else args.pretrained_path
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
     try:
-        model = model_description(args).build(pretrained=pretrained, pretrained_path=pretrained_path)
+        train(args)
+    except USER_ERRORS as error:
+        if wants_traceback(args.debug):
+            raise
+        print(f"train.py: error: {one_line(error)}{after_failed_write(args.output, error)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+def train(args: argparse.Namespace) -> Dict[str, Any]:
+    """The run: model, output folder, data, loss, optimiser and schedule, the epoch loop (train, evaluate,
+    checkpoint), results. Returns ``results.json``'s content (``{"stopped_after_epoch": N}`` after
+    ``--stop-after-epoch``)."""
+    # The job's processes joined and left; the output folder's claim released however the run ends.
+    with DistributedJob() as job, contextlib.ExitStack() as exits:
+        check_data_dir(args.dataset, args.data_dir)
+        # timm's seeding (torch, NumPy and Python's random), the same seed on every rank: what DDP does not
+        # broadcast (the loss's proxies, ZSR's class embeddings) starts equal everywhere; the samplers shard by rank
+        random_seed(args.seed)
+        started = time.time()
+
+        # Model: built before the output folder is touched, so a wrong --pretrained-path leaves nothing behind;
+        # a resumed run takes every weight from its checkpoint and reads no pretrained weights.
+        resuming = bool(args.resume)
+        pretrained = args.pretrained or args.pretrained_path is not None
+        freeze_bn = args.freeze_bn and pretrained  # from scratch BatchNorm has no statistics worth keeping
+        model_kwargs = dict(args.model_kwargs, **({} if args.drop_path is None else {"drop_path_rate": args.drop_path}))
+        pool = pool_spec(POOLS[args.pool], **gsp_options(args))
+        description = RetrievalModelConfig(args.model, embed_dim=args.embed_dim, pool=pool, model_kwargs=model_kwargs)
+        model = build_model(description, pretrained=pretrained and not resuming,
+                            pretrained_path=None if resuming else args.pretrained_path, freeze_bn=freeze_bn,
+                            channels_last=args.channels_last, device=job.device)
+        gsp = bool(timm_gsp.gsp_modules(model))
+        # which weights the run starts from, by content (a resumed run keeps its start's, below)
+        weights = pretrained_weights_record(args.pretrained_path) if args.pretrained_path and not resuming else None
+        output = prepare_output(Path(args.output), job, exits, resume=resuming, overwrite=args.overwrite)
+        resume = None
+        if resuming:
+            resume = (output / "checkpoint") if args.resume == "auto" else Path(args.resume)
+            model_state, state = load_checkpoint(resume, map_location=str(job.device))
+            check_resume_settings(vars(args), state["config"], resume)
+            weights = state.get("pretrained_weights")
+
+        # Data: the evaluation preprocessing is what the metrics are measured with, and what an exported model
+        # publishes (its data config); the train transform adds the augmentation.
+        data_config = resolve_input_config(model, args.img_size, crop_pct=args.crop_pct, interpolation=args.interpolation)
+        description = dataclasses.replace(description, data_config=data_config)
+        augmentation = augmentation_of(args)
+        train_tf, eval_tf = build_train_transform(data_config, augmentation), build_eval_transform(data_config)
+        dataset_options: Dict[str, Any] = {"skip_corrupt": True} if args.skip_corrupt else {}
+        if args.train_fraction is not None:
+            dataset_options["train_fraction"] = args.train_fraction
+        train_set, eval_splits = build_datasets(args.dataset, args.data_dir, train_tf, eval_tf, job,
+                                                val_fraction=args.val_fraction, seed=args.seed, cache=args.cache_images,
+                                                progress=not args.no_progress, **dataset_options)
+        sampler = build_sampler(train_set, args.batch_size, args.m_per_class, args.seed, job)
+        loader = DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers,
+                            pin_memory=job.device.type == "cuda", persistent_workers=args.workers > 0)
+
+        # Loss, optimiser, schedule. Without an embedding layer the loss's proxies take the pooled width (a dry
+        # forward: catavgmax doubles the backbone's, a wrapped model has its own).
+        embed_size = args.embed_dim or int(dry_forward(model, tuple(data_config["input_size"])).shape[-1])
+        zsr_weight = args.zsr_weight if gsp else 0.0
+        criterion = build_criterion(args.loss, model, train_set.num_classes, embed_size, zsr_weight, args.zsr_embed_dim, job)
+        learning_rates = {"backbone": args.backbone_lr, "head": args.lr, "prototypes": args.prototype_lr, "loss": args.loss_lr}
+        optimizer = build_optimizer(model, criterion, args.opt, learning_rates, args.weight_decay)
+        scheduler = build_scheduler(optimizer, len(sampler), args.epochs, args.warmup_epochs, args.sched)
+        num_updates = 0  # optimiser updates so far: the schedule's clock
+        dtype = amp_dtype(args.amp, job.device)
+        scaler = torch.amp.GradScaler(job.device.type, enabled=dtype == torch.float16)
+        history: List[Dict[str, Any]] = []
+        start_epoch, best = 0, {"epoch": None, "metrics": None}
+        if resume is not None:
+            model.load_state_dict(model_state)
+            criterion.load_state_dict(state["criterion"])
+            optimizer.load_state_dict(state["optimizer"])
+            num_updates = saved_update_count(state["scheduler"])
+            scheduler.step_update(num_updates)  # the rate of the next update, on this run's (maybe stretched) schedule
+            scaler.load_state_dict(state["scaler"])
+            sampler.load_state_dict(state["sampler"])
+            restore_rng_state(state["rng"][job.rank])
+            start_epoch, history, best = state["epoch"] + 1, state["history"], state.get("best", best)
+        elif gsp and args.prototype_init == "kcenter":
+            init_prototypes(model, train_set, pooled=False, batch_size=args.batch_size, seed=args.seed, device=job.device)
+        init_epoch = args.prototype_warmup_epochs if gsp and args.prototype_init == "kcenter-pooled" else None
+        if args.overwrite and job.is_main:
+            clear_run_files(output)  # the run can start: --overwrite's previous run goes now
+
+        setup = TrainingSetup(
+            recipe=args.recipe, dataset=args.dataset, train_fraction=args.train_fraction, val_fraction=args.val_fraction,
+            model=args.model, pretrained=args.pretrained or weights is not None, pool=pool, embed_dim=args.embed_dim,
+            prototype_init=args.prototype_init if gsp else None,
+            prototype_warmup_epochs=args.prototype_warmup_epochs if gsp else None, freeze_bn=freeze_bn,
+            loss=args.loss, zsr_weight=zsr_weight, optimizer=args.opt,
+            # the schedule's peak rates (initial_lr), not the first step's: a warm-up starts below them
+            learning_rates={g["name"]: g.get("initial_lr", g["lr"]) for g in optimizer.param_groups},
+            weight_decay=args.weight_decay, clip_grad=args.clip_grad, schedule=args.sched, warmup_epochs=args.warmup_epochs,
+            batch_size=args.batch_size, m_per_class=args.m_per_class, augmentation=augmentation.to_dict(),
+            eval_transform=data_config, amp=str(dtype).replace("torch.", "") if dtype else "none", seed=args.seed,
+            epochs=args.epochs, world_size=job.world_size)
+        if job.is_main:
+            print(describe_run(setup, recipe_file=recipe_path(args.recipe), pool_name=args.pool, model_kwargs=args.model_kwargs,
+                               embed_size=embed_size, data_dir=args.data_dir, train_set=train_set, eval_splits=eval_splits,
+                               transforms=(train_tf, eval_tf), weights=weights), flush=True)
+            if resume is not None:
+                print(f"resumed from {resume} at epoch {start_epoch + 1}", flush=True)
+
+        # The epoch loop: train, evaluate every --eval-every epochs (and after the last), checkpoint.
+        net = DistributedDataParallel(model, device_ids=[job.device.index] if job.device.type == "cuda" else None) \
+            if job.enabled else model
+        eval_kwargs = dict(batch_size=args.batch_size, num_workers=args.workers, device=job.device, amp_dtype=dtype,
+                           progress=not args.no_progress)
+        chance = chance_precision_at_1(eval_splits)
+        metrics: Dict[str, float] = {}
+        for epoch in range(start_epoch, args.epochs):
+            if epoch == init_epoch:  # after the warm-up with random prototypes (a resumed run past it has them)
+                init_prototypes(model, train_set, pooled=True, batch_size=args.batch_size, seed=args.seed, device=job.device)
+            sampler.set_epoch(epoch)
+            train_loss, num_updates = train_one_epoch(
+                net, loader, criterion, optimizer, scheduler, scaler, num_updates, job, amp=dtype, clip_grad=args.clip_grad,
+                channels_last=args.channels_last, freeze_bn=freeze_bn, desc=f"epoch {epoch + 1}/{args.epochs}",
+                progress=job.is_main and not args.no_progress)
+            record: Dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss}
+            improved = False
+            evaluated = (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs
+            if evaluated:
+                metrics = evaluate_retrieval(model, eval_splits, **eval_kwargs)
+                record.update({k: (v if math.isfinite(v) else None) for k, v in metrics.items()})
+                score = record.get(SELECTION_METRIC)
+                improved = args.val_fraction > 0 and score is not None and (
+                    best["metrics"] is None or score > best["metrics"][SELECTION_METRIC])
+                if improved:
+                    best = {"epoch": epoch + 1, "metrics": {k: v for k, v in record.items() if k not in ("epoch", "train_loss")}}
+            history.append(record)
+            rng_states = job.all_gather_object(rng_state())
+            if job.is_main:
+                print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()), flush=True)
+                check = learning_check(history, record.get("precision_at_1"), chance) if evaluated else None
+                if check and check["not_learning"] and epoch + 1 < args.epochs:  # the last epoch's is said at the end
+                    print(not_learning_warning(check), file=sys.stderr, flush=True)
+                state = {"epoch": epoch, "criterion": criterion.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": {"num_updates": num_updates}, "scaler": scaler.state_dict(),
+                         "sampler": sampler.state_dict(), "rng": rng_states, "history": history, "best": best,
+                         "config": vars(args), "pretrained_weights": weights}
+                save_checkpoint(output / "checkpoint", model.state_dict(), state, model_config=description)
+                if improved:
+                    save_checkpoint(output / "checkpoint-best", model.state_dict(),
+                                    {"epoch": epoch, "best": best, "config": vars(args)}, model_config=description)
+                # Written from the checkpoint's history, after it: a resumed run never logs an epoch twice.
+                write_lines(output / "metrics.jsonl", [json.dumps(h, allow_nan=False) for h in history])
+            if args.stop_after_epoch is not None and epoch + 1 >= args.stop_after_epoch and epoch + 1 < args.epochs:
+                return {"stopped_after_epoch": epoch + 1}
+
+        # Results: the best epoch's metrics with --val-fraction, else the last epoch's.
+        if not metrics and not best["metrics"]:  # resumed after the last epoch: evaluate the final weights
+            metrics = evaluate_retrieval(model, eval_splits, **eval_kwargs)
+        selected = args.val_fraction > 0 and best["metrics"] is not None
+        reported = best["metrics"] if selected else metrics
+        check = learning_check(history, reported.get("precision_at_1"), chance)
+        results = RunResults(
+            model=description, metrics=reported, dataset=args.dataset,
+            dataset_root=str(Path(args.data_dir).resolve()) if args.data_dir else None, eval_split="+".join(eval_splits),
+            checkpoint="checkpoint-best" if selected else "checkpoint", best_epoch=best["epoch"] if selected else None,
+            epochs=args.epochs, recipe=json.loads(json.dumps(recorded_flags(args))), world_size=job.world_size,
+            wall_time_s=time.time() - started, timm_gsp_version=timm_gsp.__version__, learning_check=check,
+            pretrained_weights=weights, setup=setup)
+        if job.is_main:
+            results.write(output / "results.json")
+            plot_metrics(history, output / "metrics.png")
+            if gsp:
+                write_weight_maps(output / "gsp_weights.png", model, next(iter(eval_splits.values())),
+                                  mean=data_config["mean"], std=data_config["std"])
+            summary = "  ".join(f"{k} {results.metrics[k]:.4f}" for k in ("precision_at_1", "r_precision", "map_at_r")
+                                if results.metrics.get(k) is not None)
+            chosen = f" (best epoch {results.best_epoch} of {args.epochs}, {results.checkpoint}/)" if selected else ""
+            print(f"{args.pool.upper()} on held-out classes ({results.eval_split}){chosen}: {summary}")
+            print(f"wrote {output / 'results.json'}, {output / 'metrics.png'}, {output / results.checkpoint}")
+            if check and check["not_learning"]:
+                print(not_learning_warning(check), file=sys.stderr, flush=True)
+        return results.to_dict()
+
+
+def train_one_epoch(net, loader, criterion, optimizer, scheduler, scaler, num_updates: int, job: DistributedJob, *,
+                    amp: Optional[torch.dtype], clip_grad: Optional[float], channels_last: bool, freeze_bn: bool,
+                    desc: str, progress: bool) -> Tuple[Optional[float], int]:
+    """One pass over ``loader``, the schedule stepped after every update: (the epoch's mean loss, updates so far)."""
+    train_mode(net, freeze_bn)
+    clipped = [p for g in optimizer.param_groups for p in g["params"]]
+    losses = []
+    bar = tqdm(loader, desc=desc, disable=not progress)
+    for images, labels in bar:
+        images, labels = images.to(job.device, non_blocking=True), labels.to(job.device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(job.device.type, dtype=amp) if amp else contextlib.nullcontext():
+            embeddings = net(images)
+        loss = criterion(embeddings.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        job.average_gradients(criterion.parameters())
+        if clip_grad:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(clipped, clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        num_updates += 1
+        scheduler.step_update(num_updates)
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+    return (float(np.mean(losses)) if losses else None), num_updates
+
+
+# --- model --------------------------------------------------------------------------------------------
+
+def build_model(description: RetrievalModelConfig, *, pretrained: bool, pretrained_path: Optional[str], freeze_bn: bool,
+                channels_last: bool, device: torch.device) -> torch.nn.Module:
+    """The model, with the backbone's pretrained weights (timm's, or ``pretrained_path``'s file) when
+    ``pretrained``, built once: a --pretrained-path that is missing, unreadable or of another architecture
+    is a usage error (exit 2, the library names the file and its first mismatching keys)."""
+    try:
+        model = description.build(pretrained=pretrained, pretrained_path=pretrained_path)
     except ConfigError as error:
         if pretrained_path is None:
             raise
@@ -499,21 +527,15 @@ def build_model(args, env: Distributed, resuming: bool = False) -> torch.nn.Modu
     except (OSError, ConnectionError) as error:
         if not pretrained or pretrained_path is not None:
             raise
-        raise ConfigError(f"cannot load the pretrained weights of {args.model} ({type(error).__name__}: "
+        raise ConfigError(f"cannot load the pretrained weights of {description.model_name} ({type(error).__name__}: "
                           f"{str(error).splitlines()[0] if str(error) else 'no network?'}); on a machine without network "
                           f"give them as a file (--pretrained-path FILE) or train from scratch: --recipe folder-scratch "
                           f"(or --no-pretrained)") from error
-    if bn_frozen(args):
+    if freeze_bn:
         for norm in batch_norms(model):
             norm.requires_grad_(False)  # the optimiser leaves them out; train_mode keeps their statistics
-    model = model.to(env.device)
-    return model.to(memory_format=torch.channels_last) if args.channels_last else model
-
-
-def bn_frozen(args: argparse.Namespace) -> bool:
-    """--freeze-bn on a pretrained backbone. A backbone from scratch has no statistics worth keeping (frozen,
-    its BatchNorm would never normalise anything), so there the flag, e.g. from the folder recipe, is moot."""
-    return args.freeze_bn and (args.pretrained or args.pretrained_path is not None)
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def batch_norms(model: torch.nn.Module) -> List[torch.nn.Module]:
@@ -531,52 +553,96 @@ def train_mode(net: torch.nn.Module, freeze_bn: bool) -> None:
             norm.eval()
 
 
-def init_prototypes(model, train_set, env: Distributed, seed: int, args) -> None:
+def init_prototypes(model, train_set, *, pooled: bool, batch_size: int, seed: int, device: torch.device) -> None:
     """k-center init of GSP's prototypes from evenly spaced training images, the same on every rank: over
     their local features (``--prototype-init kcenter``, 64 images) or over each one's mean feature
     (``kcenter-pooled``, up to 1024 images)."""
-    if not timm_gsp.gsp_modules(model):
-        return
-    pooled = args.prototype_init == "kcenter-pooled"
-    num_images = 1024 if pooled else 64
-    indices = list(range(0, len(train_set), max(len(train_set) // num_images, 1)))[:num_images]
-    batches = (torch.stack([train_set[i][0] for i in indices[k:k + args.batch_size]]).to(env.device)
-               for k in range(0, len(indices), args.batch_size))
+    indices = evenly_spaced(len(train_set), 1024 if pooled else 64)
+    batches = (torch.stack([train_set[i][0] for i in indices[k:k + batch_size]]).to(device)
+               for k in range(0, len(indices), batch_size))
     saved = rng_state()  # the train transform draws random crops: keep the run's random streams
     try:
         timm_gsp.init_prototypes_kcenter(model, batches, seed=seed, pooled=pooled)
     except ConfigError:
         raise  # a setting of the pool itself (a --gsp-border wider than the map): its message says which
     except ValueError as error:
+        num_prototypes = timm_gsp.gsp_modules(model)[0][1].num_prototypes
         what = f"{len(indices)} training images" if pooled else \
             f"the local features of {len(indices)} training images at this input size"
-        raise ConfigError(f"{error}: {what} are fewer than --num-prototypes {args.num_prototypes}; lower "
+        raise ConfigError(f"{error}: {what} are fewer than --num-prototypes {num_prototypes}; lower "
                           f"--num-prototypes{'' if pooled else ', raise --img-size'}, or pass --prototype-init random") from None
     finally:
         restore_rng_state(saved)
 
 
-def embedding_size(args, model, data_config: Dict[str, Any]) -> int:
-    """Width of the model's output: --embed-dim, or without an embedding layer the pooled features'
-    (a dry forward: catavgmax doubles the backbone's width, a wrapped model has its own)."""
-    if args.embed_dim:
-        return args.embed_dim
-    return int(dry_forward(model, tuple(data_config["input_size"])).shape[-1])
+# --- data ---------------------------------------------------------------------------------------------
+
+def check_data_dir(dataset: str, data_dir: Optional[str]) -> None:
+    """The dataset root exists, checked before the output folder, the model and its pretrained weights.
+    (The collage's --data-dir is a cache folder, created when missing.)"""
+    if dataset == "collage":
+        return
+    if data_dir is None:
+        raise ConfigError(f"--dataset {dataset} reads images from disk: pass --data-dir (the dataset's root folder)")
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"--data-dir {data_dir}: {'a file, not a folder' if root.exists() else 'no such folder'}")
 
 
-def build_criterion(args, model, num_classes: int, embed_size: int, env: Distributed) -> torch.nn.Module:
-    metric_loss = METRIC_LOSSES[args.loss](num_classes, embed_size)
-    if env.enabled:
-        metric_loss = DistributedLossWrapper(metric_loss)  # pairs across ranks, as one big batch
-    zsr_weight = args.zsr_weight if timm_gsp.gsp_modules(model) else 0.0
-    kwargs = {"class_embed_dim": args.zsr_embed_dim} if args.zsr_embed_dim else {}
-    return GSPMetricLoss(metric_loss, model, num_classes, zsr_weight=zsr_weight, **kwargs).to(env.device)
+def build_datasets(name: str, root: Optional[str], train_tf, eval_tf, job: DistributedJob, *, val_fraction: float,
+                   seed: int, cache: bool, progress: bool, **options: Any):
+    """(training split, evaluation split(s)): the dataset's own, or with ``val_fraction`` both carved from its
+    training classes; a split that cannot measure anything is refused (as `timm-gsp eval` refuses it);
+    ``cache``: each split decoded once into memory. ``options``: ``build_dataset``'s."""
+    with job.main_first():  # a generated dataset (the collage) is built once, before the other ranks read it
+        train_set = build_dataset(name, root, "train", train_tf, **options)
+    if val_fraction:  # both halves from the one training split read above
+        val_set = carve_validation(train_set, "val", val_fraction, seed)
+        val_set.transform = eval_tf  # select_classes returned a copy: the train half keeps train_tf
+        train_set = carve_validation(train_set, "train", val_fraction, seed)
+        eval_splits = {"val": val_set}
+    else:
+        eval_splits = {split: build_dataset(name, root, split, eval_tf, **options) for split in evaluation_splits(name)}
+    check_evaluation_split(eval_splits, hint=", or change --train-fraction / --val-fraction")
+    if cache:  # after the splits are carved: each decodes only its own images
+        train_set = CachedDataset(train_set, progress=progress)
+        eval_splits = {split: CachedDataset(data, progress=progress) for split, data in eval_splits.items()}
+    return train_set, eval_splits
 
 
-def build_optimizer(args, model, criterion) -> torch.optim.Optimizer:
-    """Separate learning rates: backbone, embedding head, GSP prototypes, loss parameters. A pool's own
-    parameters (GeM's exponent; GSP's cell map, learned ratio and GeM exponent) are new like the embedding,
-    not pretrained: they learn at the head's rate."""
+def build_sampler(train_set, batch_size: int, m_per_class: int, seed: int, job: DistributedJob):
+    """m-per-class batches (``m_per_class`` 0: random ones), sharded over the ranks: one pass over the
+    training images per epoch, whatever the world size."""
+    layout = dict(num_batches=max(len(train_set) // (batch_size * job.world_size), 1) * job.world_size,
+                  num_replicas=job.world_size, rank=job.rank, seed=seed)
+    if m_per_class == 0:
+        if len(train_set) < batch_size:
+            raise ConfigError(f"--batch-size {batch_size} is more than the {len(train_set)} training images: lower --batch-size")
+        return RandomBatchSampler(train_set.labels, batch_size, **layout)
+    classes_per_batch = batch_size // m_per_class
+    if train_set.num_classes < classes_per_batch:
+        raise ConfigError(f"--batch-size {batch_size} / --m-per-class {m_per_class} = {classes_per_batch} "
+                          f"classes per batch, but the training split has {train_set.num_classes}: lower --batch-size")
+    return MPerClassBatchSampler(train_set.labels, m_per_class, batch_size, **layout)
+
+
+# --- loss, optimiser, schedule --------------------------------------------------------------------
+
+def build_criterion(loss: str, model, num_classes: int, embed_size: int, zsr_weight: float,
+                    zsr_embed_dim: Optional[int], job: DistributedJob) -> torch.nn.Module:
+    """``loss`` (a METRIC_LOSSES name) with GSP's zero-shot regulariser at ``zsr_weight``, on the job's device;
+    under DDP the metric loss pairs embeddings across ranks, as one big batch."""
+    metric_loss = METRIC_LOSSES[loss](num_classes, embed_size)
+    if job.enabled:
+        metric_loss = DistributedLossWrapper(metric_loss)
+    kwargs = {"class_embed_dim": zsr_embed_dim} if zsr_embed_dim else {}
+    return GSPMetricLoss(metric_loss, model, num_classes, zsr_weight=zsr_weight, **kwargs).to(job.device)
+
+
+def build_optimizer(model, criterion, opt: str, learning_rates: Dict[str, float], weight_decay: float) -> torch.optim.Optimizer:
+    """Separate learning rates (``learning_rates``: backbone, head, prototypes, loss): backbone, embedding head,
+    GSP prototypes, loss parameters. A pool's own parameters (GeM's exponent; GSP's cell map, learned ratio and
+    GeM exponent) are new like the embedding, not pretrained: they learn at the head's rate."""
     pools = [m for m in model.modules() if isinstance(m, (GeneralizedMeanPool, timm_gsp.GeneralizedSumPool))]
     prototypes = {id(pool.prototypes) for _, pool in timm_gsp.gsp_modules(model)}
     head = {id(p) for module in [model.get_classifier(), *pools] for p in module.parameters()} - prototypes
@@ -585,67 +651,38 @@ def build_optimizer(args, model, criterion) -> torch.optim.Optimizer:
         if p.requires_grad:
             key = "prototypes" if id(p) in prototypes else "head" if id(p) in head else "backbone"
             groups[key].append(p)
-    lrs = {"backbone": args.backbone_lr, "head": args.lr, "prototypes": args.prototype_lr, "loss": args.loss_lr}
-    param_groups = [{"name": k, "params": v, "lr": lrs[k]} for k, v in groups.items() if v]
+    param_groups = [{"name": k, "params": v, "lr": learning_rates[k]} for k, v in groups.items() if v]
     loss_params = [p for p in criterion.parameters() if p.requires_grad]
     if loss_params:
-        param_groups.append({"name": "loss", "params": loss_params, "lr": lrs["loss"], "weight_decay": 0.0})
-    optimizer_cls = torch.optim.AdamW if args.opt == "adamw" else torch.optim.Adam
-    return optimizer_cls(param_groups, lr=args.lr, weight_decay=args.weight_decay)
+        param_groups.append({"name": "loss", "params": loss_params, "lr": learning_rates["loss"], "weight_decay": 0.0})
+    optimizer_cls = torch.optim.AdamW if opt == "adamw" else torch.optim.Adam
+    return optimizer_cls(param_groups, lr=learning_rates["head"], weight_decay=weight_decay)
 
 
-def build_scheduler(args, optimizer, steps_per_epoch: int):
+def build_scheduler(optimizer, steps_per_epoch: int, epochs: int, warmup_epochs: float, sched: str):
     """timm's per-update schedule of every group's rate ``peak`` (its ``initial_lr``), over T = epochs x
     steps_per_epoch updates with W = warmup_epochs x steps_per_epoch of warm-up: update t runs at
 
         peak * t / W                                   for t < W   (a linear warm-up from 0)
-        peak * (1 + cos(pi * (t - W) / (T - W))) / 2   for t >= W  (--sched cosine; --sched none: peak)
+        peak * (1 + cos(pi * (t - W) / (T - W))) / 2   for t >= W  (sched "cosine"; "none": peak)
 
     Step it after each update with ``step_update(updates done)``. It is a pure function of the
     settings and the update count, so a resumed run restores the count and, with a new --epochs,
     follows the schedule stretched to the new length."""
-    total = max(args.epochs * steps_per_epoch, 1)
-    warmup = int(args.warmup_epochs * steps_per_epoch)
+    total = max(epochs * steps_per_epoch, 1)
+    warmup = int(warmup_epochs * steps_per_epoch)
     common = dict(warmup_t=warmup, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
-    if args.sched == "none" or total - warmup <= 1:  # (a cosine over one update is its peak: no schedule to follow)
+    if sched == "none" or total - warmup <= 1:  # (a cosine over one update is its peak: no schedule to follow)
         return StepLRScheduler(optimizer, decay_t=total, decay_rate=1.0, **common)
     return CosineLRScheduler(optimizer, t_initial=total - warmup, lr_min=0.0, **common)
 
 
-def batch_composition(args) -> str:
-    """How a batch is made, in words: ``16 classes x 4`` or random."""
-    if args.m_per_class == 0:
-        return "random images, no class balancing"
-    return f"{args.batch_size // args.m_per_class} classes x {args.m_per_class}"
-
-
-def describe_run(args, optimizer, transforms, train_set, eval_splits, embed_size: int,
-                 weights: Optional[Dict[str, str]] = None) -> str:
-    """What the run is about to do, for the first lines of its log; ``weights``: the pretrained-weights
-    file it started from (``pretrained_weights_record``), named by file name and short content hash."""
-    # the schedule's peak rates (initial_lr), not the first step's: a warm-up starts below them
-    lrs = ", ".join(f"{g['name']} {g.get('initial_lr', g['lr']):g}" for g in optimizer.param_groups)
-    if args.warmup_epochs:
-        lrs += f" (after {args.warmup_epochs:g} warm-up epoch{'s' if args.warmup_epochs != 1 else ''})"
-    spec = model_description(args).pool
-    pool = args.pool if spec == args.pool else f"{args.pool} ({spec})"
-    embedding = f"embedding {embed_size}" if args.embed_dim else f"no embedding layer (the {embed_size}-d pooled features)"
-    zsr = f" + ZSR {args.zsr_weight:g}" if args.pool == "gsp" and args.zsr_weight else ""
-    evals = ", ".join(f"{name} {len(s)} images / {s.num_classes} classes" for name, s in eval_splits.items())
-    train_tf, eval_tf = transforms
-    steps = lambda tf: " -> ".join(" ".join(repr(t).split()) for t in getattr(tf, "transforms", [tf]))  # noqa: E731
-    start = f"pretrained: {weights['file']} sha256:{weights['sha256'][:12]}" if weights else \
-        "pretrained" if args.pretrained else "from scratch"
-    return "\n".join([
-        f"recipe {args.recipe} ({recipe_path(args.recipe)})",
-        f"model {args.model} ({start}){' ' + str(dict(args.model_kwargs)) if args.model_kwargs else ''}, "
-        f"pool {pool}, {embedding}{', BatchNorm frozen (--freeze-bn)' if bn_frozen(args) else ''}",
-        f"data {args.dataset} {args.data_dir or ''}: train {len(train_set)} images / {train_set.num_classes} classes; eval {evals}",
-        f"loss {args.loss}{zsr}; {args.opt} learning rates: {lrs}; weight decay {args.weight_decay:g}; "
-        f"{args.epochs} epochs, batch {args.batch_size} ({batch_composition(args)})",
-        f"train transform: {steps(train_tf)}",
-        f"eval transform: {steps(eval_tf)}",
-    ])
+def amp_dtype(choice: str, device: torch.device) -> Optional[torch.dtype]:
+    if choice == "none" or (choice == "auto" and device.type != "cuda"):
+        return None
+    if choice == "fp16" or (choice == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
 
 
 def saved_update_count(saved: Dict[str, Any]) -> int:
@@ -654,7 +691,121 @@ def saved_update_count(saved: Dict[str, Any]) -> int:
     return int(saved["num_updates"] if "num_updates" in saved else saved["last_epoch"])
 
 
-# --- is the run learning? ---------------------------------------------------------------------------
+# --- the run folder ------------------------------------------------------------------------------
+
+def prepare_output(output: Path, job: DistributedJob, exits: contextlib.ExitStack, *, resume: bool, overwrite: bool) -> Path:
+    """The output folder, this run's from its first look at it until the run ends, however it ends: rank 0
+    claims it (``FolderClaim``: a lock that dies with its process, so a killed run's claim is taken
+    over), refusing a folder another live run holds (--resume and --overwrite too), and one that holds a
+    run unless ``resume`` or ``overwrite`` says so. ``exits`` releases the claim; a folder the claim made
+    goes with it if the run wrote nothing into it, and one that was there before is left as it was
+    (--overwrite replaces the previous run only once this one can start: ``clear_run_files``)."""
+    refusal = None
+    if job.is_main:
+        try:
+            claim_output(output, exits, resume=resume, overwrite=overwrite)
+        except TimmGSPError as error:
+            refusal = error
+    refusal = job.all_gather_object(refusal)[0]  # every rank stops with rank 0's reason
+    if refusal is not None:
+        raise refusal
+    return output
+
+
+def claim_output(output: Path, exits: contextlib.ExitStack, *, resume: bool, overwrite: bool) -> None:
+    if output.exists() and not output.is_dir():
+        raise OutputExistsError(f"--output {output} is a file, not a folder: choose another --output")
+    claim = FolderClaim(output)
+    if not claim.acquire():
+        raise OutputExistsError(f"--output {output} is in use by {claim.holder}: wait for it to end, "
+                                f"or choose another --output")
+    exits.callback(claim.release)
+    if resume:
+        return
+    existing = sorted(p.name for p in output.iterdir() if p.name != CLAIM_FILE)
+    if existing and not overwrite:
+        ours = run_files(output)
+        what = ", ".join(ours) if ours else f"{len(existing)} other files"
+        raise OutputExistsError(f"--output {output} already holds a run ({what}): pass --resume to continue it, "
+                                f"--overwrite to replace it, or choose another --output")
+
+
+def run_files(output: Path) -> List[str]:
+    """The names in ``output`` that a run writes (anything else there is the user's)."""
+    return sorted(p.name for p in output.iterdir() if p.name in RUN_FILES or p.name.startswith(".checkpoint"))
+
+
+def clear_run_files(output: Path) -> None:
+    """--overwrite: the previous run's files go once this run can start (a run that fails at its start
+    replaces nothing); anything else in the folder is the user's and stays."""
+    for name in run_files(output):
+        target = output / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+
+
+def check_resume_settings(current: Dict[str, Any], saved: Dict[str, Any], source: Path) -> None:
+    """Refuse a --resume whose model / data / optimisation settings (``current``: the flags) differ from
+    the checkpoint's."""
+    current = json.loads(json.dumps(current))  # lists for tuples, as stored
+    changed = [f"--{key.replace('_', '-')}: {saved[key]!r} in the checkpoint, {current.get(key)!r} now"
+               for key in sorted(saved) if key not in RESUMABLE and saved[key] != current.get(key)]
+    if changed:
+        raise ConfigError(f"--resume from {source} with other settings than the run's: " + "; ".join(changed)
+                          + f". Resume with the run's settings (only {', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE - {'resume', 'overwrite', 'output', 'debug'}))} may change), "
+                          "or start a new run with --output")
+
+
+def recorded_flags(args: argparse.Namespace) -> Dict[str, Any]:
+    """The flags results.json records beside the setup (``recipe``): every flag, the weights file by name
+    only (``pretrained_weights`` names it by content; its folder is this machine's business)."""
+    flags = dict(vars(args))
+    if flags.get("pretrained_path"):
+        flags["pretrained_path"] = Path(flags["pretrained_path"]).name
+    return flags
+
+
+def write_lines(path: Path, lines: List[str]) -> None:
+    write_file_atomic(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8"))
+
+
+def after_failed_write(output: str, error: BaseException) -> str:
+    """After a write that failed (a full disk): that the last checkpoint is whole, and how to go on."""
+    if isinstance(error, OutputWriteError) and (Path(output) / "checkpoint").is_dir():
+        return f"; the last checkpoint in {output} is whole: make room, then continue it with --resume"
+    return ""
+
+
+# --- what the run says: its start, whether it learns, its curves --------------------------------------
+
+def describe_run(setup: TrainingSetup, *, recipe_file: Path, pool_name: str, model_kwargs: Dict[str, Any], embed_size: int,
+                 data_dir: Optional[str], train_set, eval_splits, transforms, weights: Optional[Dict[str, str]]) -> str:
+    """What the run is about to do, for the first lines of its log: its ``setup``, the data's sizes, both
+    transforms; ``weights``: the pretrained-weights file it started from (``pretrained_weights_record``),
+    named by file name and short content hash."""
+    lrs = ", ".join(f"{group} {lr:g}" for group, lr in setup.learning_rates.items())
+    if setup.warmup_epochs:
+        lrs += f" (after {setup.warmup_epochs:g} warm-up epoch{'s' if setup.warmup_epochs != 1 else ''})"
+    pool = pool_name if setup.pool == pool_name else f"{pool_name} ({setup.pool})"
+    embedding = f"embedding {embed_size}" if setup.embed_dim else f"no embedding layer (the {embed_size}-d pooled features)"
+    zsr = f" + ZSR {setup.zsr_weight:g}" if setup.zsr_weight else ""
+    batches = "random images, no class balancing" if setup.m_per_class == 0 else \
+        f"{setup.batch_size // setup.m_per_class} classes x {setup.m_per_class}"
+    evals = ", ".join(f"{name} {len(s)} images / {s.num_classes} classes" for name, s in eval_splits.items())
+    train_tf, eval_tf = transforms
+    steps = lambda tf: " -> ".join(" ".join(repr(t).split()) for t in getattr(tf, "transforms", [tf]))  # noqa: E731
+    start = f"pretrained: {weights['file']} sha256:{weights['sha256'][:12]}" if weights else \
+        "pretrained" if setup.pretrained else "from scratch"
+    return "\n".join([
+        f"recipe {setup.recipe} ({recipe_file})",
+        f"model {setup.model} ({start}){' ' + str(dict(model_kwargs)) if model_kwargs else ''}, "
+        f"pool {pool}, {embedding}{', BatchNorm frozen (--freeze-bn)' if setup.freeze_bn else ''}",
+        f"data {setup.dataset} {data_dir or ''}: train {len(train_set)} images / {train_set.num_classes} classes; eval {evals}",
+        f"loss {setup.loss}{zsr}; {setup.optimizer} learning rates: {lrs}; weight decay {setup.weight_decay:g}; "
+        f"{setup.epochs} epochs, batch {setup.batch_size} ({batches})",
+        f"train transform: {steps(train_tf)}",
+        f"eval transform: {steps(eval_tf)}",
+    ])
+
 
 def learning_check(history: List[Dict[str, Any]], precision_at_1: Optional[float],
                    chance: Optional[float]) -> Optional[Dict[str, Any]]:
@@ -678,8 +829,6 @@ def not_learning_warning(check: Dict[str, Any]) -> str:
             f"stages keep more resolution, or a larger --img-size")
 
 
-# --- pictures ---------------------------------------------------------------------------------------
-
 def plot_metrics(history: List[Dict[str, Any]], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -698,212 +847,6 @@ def plot_metrics(history: List[Dict[str, Any]], path: Path) -> None:
         write_file_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))  # a full disk: OutputWriteError
     finally:
         plt.close(fig)
-
-
-def save_weight_maps(model, eval_set, path: Path, count: int = 8) -> None:
-    """One PNG (``viz.weight_map_sheet``): ``count`` evenly spaced held-out images, each above GSP's
-    selection over it, captioned with its class."""
-    from timm_gsp import viz
-
-    indices = list(range(0, len(eval_set), max(len(eval_set) // count, 1)))[:count]
-    samples = [eval_set[i] for i in indices]
-    images = torch.stack([image for image, _ in samples]).to(next(model.parameters()).device)
-    classes = getattr(eval_set, "classes", None)
-    captions = [str(classes[int(label)]) if classes is not None else f"class {int(label)}" for _, label in samples]
-    config = resolve_input_config(model)
-    sheet = viz.weight_map_sheet(model, images, config["mean"], config["std"], captions=captions, columns=count)
-    write_file_atomic(path, lambda tmp: sheet.save(tmp, format="PNG"))
-
-
-# --- training -----------------------------------------------------------------------------------------
-
-def train(args: argparse.Namespace) -> Dict[str, Any]:
-    env = Distributed()
-    try:
-        with contextlib.ExitStack() as exits:  # the output folder's claim, released however the run ends
-            return _train(args, env, exits)
-    finally:
-        env.close()
-
-
-def check_data_dir(args: argparse.Namespace) -> None:
-    """The dataset root exists, checked before the output folder, the model and its pretrained weights.
-    (The collage's --data-dir is a cache folder, created when missing.)"""
-    if args.dataset == "collage":
-        return
-    if args.data_dir is None:
-        raise ConfigError(f"--dataset {args.dataset} reads images from disk: pass --data-dir (the dataset's root folder)")
-    root = Path(args.data_dir).expanduser()
-    if not root.is_dir():
-        raise ConfigError(f"--data-dir {args.data_dir}: {'a file, not a folder' if root.exists() else 'no such folder'}")
-
-
-def _train(args: argparse.Namespace, env: Distributed, exits: contextlib.ExitStack) -> Dict[str, Any]:
-    check_data_dir(args)
-    seed_everything(args.seed)
-    started = time.time()
-    # built before the output folder is touched: a wrong --pretrained-path is a usage error that leaves nothing
-    model = build_model(args, env, resuming=bool(args.resume))
-    # which weights the run starts from, by content (a resumed run keeps its start's, below)
-    weights = pretrained_weights_record(args.pretrained_path) if args.pretrained_path and not args.resume else None
-    output = prepare_output(args, env, exits)
-    resume = None
-    if args.resume:
-        resume = (output / "checkpoint") if args.resume == "auto" else Path(args.resume)
-        model_state, state = load_checkpoint(resume, map_location=str(env.device))
-        check_resume_settings(args, state["config"], resume)
-        weights = state.get("pretrained_weights")
-    train_set, loader, sampler, eval_splits, eval_data_config, transforms = build_data(args, model, env)
-    description = model_description(args, eval_data_config)
-    embed_size = embedding_size(args, model, eval_data_config)
-    criterion = build_criterion(args, model, train_set.num_classes, embed_size, env)
-    optimizer = build_optimizer(args, model, criterion)
-    scheduler = build_scheduler(args, optimizer, len(sampler))
-    num_updates = 0  # optimiser updates so far: the schedule's clock
-    dtype = amp_dtype(args.amp, env.device)
-    scaler = torch.amp.GradScaler(env.device.type, enabled=dtype == torch.float16)
-    history: List[Dict[str, Any]] = []
-    start_epoch, best = 0, {"epoch": None, "metrics": None}
-
-    if resume is not None:
-        model.load_state_dict(model_state)
-        criterion.load_state_dict(state["criterion"])
-        optimizer.load_state_dict(state["optimizer"])
-        num_updates = saved_update_count(state["scheduler"])
-        scheduler.step_update(num_updates)  # the rate of the next update, on this run's (maybe stretched) schedule
-        scaler.load_state_dict(state["scaler"])
-        sampler.load_state_dict(state["sampler"])
-        restore_rng_state(state["rng"][env.rank])
-        start_epoch, history, best = state["epoch"] + 1, state["history"], state.get("best", best)
-    elif args.pool == "gsp" and args.prototype_init == "kcenter":
-        init_prototypes(model, train_set, env, args.seed, args)
-    init_epoch = args.prototype_warmup_epochs if args.pool == "gsp" and args.prototype_init == "kcenter-pooled" else None
-    clear_previous_run(args, output, env)  # the run can start: --overwrite's previous run goes now
-    if env.is_main:
-        print(describe_run(args, optimizer, transforms, train_set, eval_splits, embed_size, weights), flush=True)
-        if resume is not None:
-            print(f"resumed from {resume} at epoch {start_epoch + 1}", flush=True)
-
-    net = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None) if env.enabled else model
-    autocast = lambda: torch.autocast(env.device.type, dtype=dtype) if dtype else contextlib.nullcontext()  # noqa: E731
-    eval_kwargs = dict(batch_size=args.batch_size, num_workers=args.workers, device=env.device, amp_dtype=dtype,
-                       progress=not args.no_progress)
-    clipped = [p for g in optimizer.param_groups for p in g["params"]]
-    chance = chance_precision_at_1(eval_splits)
-    metrics: Dict[str, float] = {}
-    for epoch in range(start_epoch, args.epochs):
-        if epoch == init_epoch:  # after the warm-up with random prototypes (a resumed run past it has them)
-            init_prototypes(model, train_set, env, args.seed, args)
-        sampler.set_epoch(epoch)
-        train_mode(net, bn_frozen(args))
-        losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not env.is_main or args.no_progress)
-        for images, labels in bar:
-            images, labels = images.to(env.device, non_blocking=True), labels.to(env.device, non_blocking=True)
-            if args.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                embeddings = net(images)
-            loss = criterion(embeddings.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            env.average_gradients(criterion.parameters())
-            if args.clip_grad:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(clipped, args.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            num_updates += 1
-            scheduler.step_update(num_updates)
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        record: Dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None}
-        improved = False
-        evaluated = (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs
-        if evaluated:
-            metrics = evaluate_retrieval(model, eval_splits, **eval_kwargs)
-            record.update({k: (v if math.isfinite(v) else None) for k, v in metrics.items()})
-            score = record.get(SELECTION_METRIC)
-            improved = args.val_fraction > 0 and score is not None and (best["metrics"] is None or score > best["metrics"][SELECTION_METRIC])
-            if improved:
-                best = {"epoch": epoch + 1, "metrics": {k: v for k, v in record.items() if k not in ("epoch", "train_loss")}}
-        history.append(record)
-        rng_states = env.all_gather_object(rng_state())
-        if env.is_main:
-            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()), flush=True)
-            check = learning_check(history, record.get("precision_at_1"), chance) if evaluated else None
-            if check and check["not_learning"] and epoch + 1 < args.epochs:  # the last epoch's is said at the end
-                print(not_learning_warning(check), file=sys.stderr, flush=True)
-            state = {"epoch": epoch, "criterion": criterion.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": {"num_updates": num_updates}, "scaler": scaler.state_dict(), "sampler": sampler.state_dict(),
-                     "rng": rng_states, "history": history, "best": best, "config": vars(args),
-                     "pretrained_weights": weights}
-            save_checkpoint(output / "checkpoint", model.state_dict(), state, model_config=description)
-            if improved:
-                save_checkpoint(output / "checkpoint-best", model.state_dict(), {"epoch": epoch, "best": best, "config": vars(args)},
-                                model_config=description)
-            # Written from the checkpoint's history, after it: a resumed run never logs an epoch twice.
-            write_lines(output / "metrics.jsonl", [json.dumps(h, allow_nan=False) for h in history])
-        if args.stop_after_epoch is not None and epoch + 1 >= args.stop_after_epoch and epoch + 1 < args.epochs:
-            return {"stopped_after_epoch": epoch + 1}
-
-    if not metrics and not best["metrics"]:  # resumed after the last epoch: evaluate the final weights
-        metrics = evaluate_retrieval(model, eval_splits, **eval_kwargs)
-    selected = args.val_fraction > 0 and best["metrics"] is not None
-    reported = best["metrics"] if selected else metrics
-    check = learning_check(history, reported.get("precision_at_1"), chance)
-    results = RunResults(
-        model=description, metrics=reported, dataset=args.dataset,
-        dataset_root=str(Path(args.data_dir).resolve()) if args.data_dir else None, eval_split="+".join(eval_splits),
-        checkpoint="checkpoint-best" if selected else "checkpoint", best_epoch=best["epoch"] if selected else None,
-        epochs=args.epochs, recipe=json.loads(json.dumps(recorded_settings(args))), world_size=env.world_size,
-        wall_time_s=time.time() - started, timm_gsp_version=timm_gsp.__version__, learning_check=check,
-        pretrained_weights=weights)
-    if env.is_main:
-        results.write(output / "results.json")
-        plot_metrics(history, output / "metrics.png")
-        if timm_gsp.gsp_modules(model):
-            save_weight_maps(model, next(iter(eval_splits.values())), output / "gsp_weights.png")
-        summary = "  ".join(f"{k} {results.metrics[k]:.4f}" for k in ("precision_at_1", "r_precision", "map_at_r")
-                            if results.metrics.get(k) is not None)
-        chosen = f" (best epoch {results.best_epoch} of {args.epochs}, {results.checkpoint}/)" if selected else ""
-        print(f"{args.pool.upper()} on held-out classes ({results.eval_split}){chosen}: {summary}")
-        print(f"wrote {output / 'results.json'}, {output / 'metrics.png'}, {output / results.checkpoint}")
-        if check and check["not_learning"]:
-            print(not_learning_warning(check), file=sys.stderr, flush=True)
-    return results.to_dict()
-
-
-def recorded_settings(args: argparse.Namespace) -> Dict[str, Any]:
-    """The settings results.json records: every flag, the weights file by name only (``pretrained_weights``
-    names it by content; its folder is this machine's business)."""
-    settings = dict(vars(args))
-    if settings.get("pretrained_path"):
-        settings["pretrained_path"] = Path(settings["pretrained_path"]).name
-    return settings
-
-
-def write_lines(path: Path, lines: List[str]) -> None:
-    write_file_atomic(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8"))
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    args = parse_args(argv)
-    try:
-        train(args)
-    except (TimmGSPError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
-        if wants_traceback(args.debug):
-            raise
-        print(f"train.py: error: {one_line(error)}{after_failed_write(args, error)}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def after_failed_write(args: argparse.Namespace, error: BaseException) -> str:
-    """After a write that failed (a full disk): that the last checkpoint is whole, and how to go on."""
-    if isinstance(error, OutputWriteError) and (Path(args.output) / "checkpoint").is_dir():
-        return f"; the last checkpoint in {args.output} is whole: make room, then continue it with --resume"
-    return ""
 
 
 if __name__ == "__main__":

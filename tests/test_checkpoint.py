@@ -1,4 +1,4 @@
-"""Tests of timm_gsp.checkpoint: round trip, model_config.json, and a kill at every step of a save."""
+"""Tests of timm_gsp.train.checkpoint: round trip, model_config.json, and a kill at every step of a save."""
 from __future__ import annotations
 
 import json
@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from timm_gsp.checkpoint import (
+from timm_gsp.errors import CheckpointMismatchError, ConfigError
+from timm_gsp.models.model_config import RetrievalModelConfig
+from timm_gsp.train.checkpoint import (
     MODEL_CONFIG_FILE, MODEL_FILE, load_checkpoint, read_model_config, save_checkpoint,
 )
-from timm_gsp.errors import CheckpointMismatchError, ConfigError
-from timm_gsp.model_config import RetrievalModelConfig
 
 CONFIG = RetrievalModelConfig("resnet18", embed_dim=64, pool="gsp", model_kwargs={"output_stride": 8},
                               data_config={"input_size": [3, 96, 96], "crop_pct": 1.0})
@@ -129,7 +129,7 @@ def test_sigkill_during_saves_leaves_a_readable_checkpoint(tmp_path):
     folder = tmp_path / "checkpoint"
     script = textwrap.dedent(f"""
         import sys, torch
-        from timm_gsp.checkpoint import load_checkpoint, save_checkpoint
+        from timm_gsp.train.checkpoint import load_checkpoint, save_checkpoint
         folder = {str(folder)!r}
         epoch = load_checkpoint(folder)[1]["epoch"] + 1 if len(sys.argv) > 1 else 0
         while True:  # 16 MB per save, so that kills land inside writes and renames alike
@@ -210,8 +210,8 @@ def test_a_save_that_cannot_be_written_is_an_output_write_error_and_keeps_the_pr
     before = sorted(p.name for p in tmp_path.iterdir())
     script = textwrap.dedent(f"""
         import resource, signal, torch
-        from timm_gsp.checkpoint import save_checkpoint
         from timm_gsp.errors import OutputWriteError
+        from timm_gsp.train.checkpoint import save_checkpoint
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
         try:

@@ -23,9 +23,9 @@ from safetensors import safe_open
 
 import timm_gsp
 from timm_gsp import RetrievalModelConfig, cli
-from timm_gsp.checkpoint import save_checkpoint
-from timm_gsp.run_results import RunResults, read_results
-from timm_gsp.search import model_fingerprint, read_index
+from timm_gsp.retrieval.search import model_fingerprint, read_index
+from timm_gsp.train.checkpoint import save_checkpoint
+from timm_gsp.train.run_results import RunResults, read_results
 
 NUM_CLASSES, PER_CLASS = 3, 4
 METRICS = {"precision_at_1": 0.5, "recall_at_1": 0.5, "recall_at_2": 0.75, "r_precision": 0.25, "map_at_r": 0.125}
@@ -245,7 +245,7 @@ def test_embed_refuses_to_replace_an_index(workspace, embedded, capsys):
 # --- eval ---------------------------------------------------------------------------------------
 
 def test_eval_reports_the_metrics_of_the_embeddings(workspace, exported, embedded):
-    from timm_gsp.metrics import RetrievalMetrics
+    from timm_gsp.metrics.retrieval import RetrievalMetrics
 
     results_file = workspace / "eval.json"
     done = run_cli("eval", "--model", f"local-dir:{exported}", "--dataset", "folder", "--root", workspace / "images",
@@ -362,7 +362,8 @@ def test_usage_mistakes_are_one_line(capsys):
 
 
 def test_errors_hold_error_types_only_and_the_printer_lives_with_the_cli(capsys, monkeypatch):
-    from timm_gsp import cli_support, errors
+    from timm_gsp import errors
+    from timm_gsp.cli import support as cli_support
 
     assert all(issubclass(getattr(errors, name), errors.TimmGSPError) for name in errors.__all__)
     assert not hasattr(errors, "OneLineArgumentParser") and not hasattr(errors, "one_line")
@@ -433,7 +434,7 @@ def test_embed_refuses_a_non_finite_embedding_naming_the_image(workspace, embedd
 def _forged_index(path, embeddings, paths, labels=None, model=None):
     """An index file written with safetensors directly: a valid header, whatever tensors it is given."""
     from safetensors.torch import save_file
-    from timm_gsp.search import INDEX_FORMAT
+    from timm_gsp.retrieval.search import INDEX_FORMAT
 
     def text(items):
         return torch.tensor(list(json.dumps(items).encode()), dtype=torch.uint8)
@@ -479,7 +480,7 @@ ODD_NAMES = ["two\nlines.png", "tab\there.png", "esc\x1b[31mred.png", "back\\sla
 
 
 def test_printable_path_escapes_control_characters_as_the_shell_reads_them_back():
-    from timm_gsp.cli_support import printable_path
+    from timm_gsp.cli.support import printable_path
 
     assert printable_path("/data/ïmage 1.png") == "/data/ïmage 1.png"  # printable: as it is
     assert printable_path("two\nlines.png") == "$'two\\nlines.png'"
@@ -496,7 +497,7 @@ def test_printable_path_escapes_control_characters_as_the_shell_reads_them_back(
 
 
 def test_search_prints_one_line_per_hit_whatever_the_file_names(exported, tmp_path, capsys):
-    from timm_gsp.cli_support import printable_path
+    from timm_gsp.cli.support import printable_path
 
     folder = tmp_path / "odd\nfolder" / "class0"
     folder.mkdir(parents=True)
@@ -523,15 +524,15 @@ def test_search_prints_one_line_per_hit_whatever_the_file_names(exported, tmp_pa
 
 
 def test_the_cli_takes_its_device_from_the_distributed_module():
-    import inspect
+    from timm_gsp.cli.inputs import device
+    from timm_gsp.train.distributed import local_device
 
-    from timm_gsp.distributed import local_device
-
-    assert "LOCAL_RANK" not in inspect.getsource(cli)  # one owner of that fact: timm_gsp.distributed
+    for source in Path(cli.__file__).parent.glob("*.py"):  # one owner of that fact: timm_gsp.train.distributed
+        assert "LOCAL_RANK" not in source.read_text(), source.name
     args = cli.build_parser().parse_args(["show", "x.png", "--model", "m", "-o", "out"])
-    assert cli._device(args) == local_device()
+    assert device(args) == local_device()
     args.device = "cpu"
-    assert cli._device(args) == torch.device("cpu")
+    assert device(args) == torch.device("cpu")
 
 
 def _limited(limit):

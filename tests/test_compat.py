@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 import timm_gsp
-from timm_gsp.checkpoint import load_checkpoint
-from timm_gsp.model_sources import find_model, load_model
-from timm_gsp.run_results import read_results
+from timm_gsp.hub.model_sources import find_model, load_model
+from timm_gsp.train.checkpoint import load_checkpoint
+from timm_gsp.train.run_results import read_results
 
 V1 = Path(__file__).resolve().parent / "fixtures" / "v1"
 V1_POOL = "gsp:num_prototypes=4,transport_ratio=0.3,gamma=5.0"

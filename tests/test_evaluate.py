@@ -1,10 +1,10 @@
-"""Which queries a report shows (timm_gsp.evaluate.retrieval_examples), against the metric's oracle."""
+"""Which queries a report shows (timm_gsp.retrieval.evaluate.retrieval_examples), against the metric's oracle."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from timm_gsp.evaluate import retrieval_examples
-from timm_gsp.metrics import retrieval_metrics
+from timm_gsp.metrics.retrieval import retrieval_metrics
+from timm_gsp.retrieval.evaluate import retrieval_examples
 
 
 def _embedded(num_classes=5, per_class=4, dim=6, seed=0):
@@ -79,7 +79,7 @@ def test_picks_and_neighbours_equal_the_dense_definition(same_set):
     assert torch.equal(examples.neighbors, neighbors)
 
 
-# --- which splits can be evaluated at all (timm_gsp.evaluate.check_evaluation_split) ----------------
+# --- which splits can be evaluated at all (timm_gsp.retrieval.evaluate.check_evaluation_split) ----------------
 
 def _split(root, classes, split="test", name="folder"):
     """A real dataset of real image files: ``classes`` is one class index per image."""
@@ -94,7 +94,7 @@ def test_a_split_whose_queries_cannot_be_wrong_is_refused(tmp_path):
     from fixtures_data import make_folder_tree, make_inshop_tree
     from timm_gsp import ConfigError
     from timm_gsp.data import build_dataset
-    from timm_gsp.evaluate import check_evaluation_split
+    from timm_gsp.retrieval.evaluate import check_evaluation_split
 
     one_class = {"all": build_dataset("folder", make_folder_tree(tmp_path / "one", num_classes=1, per_class=4), "all")}
     with pytest.raises(ConfigError, match="folder/all: every query's candidates are of its own class") as error:
@@ -115,7 +115,7 @@ def test_a_split_whose_queries_cannot_be_wrong_is_refused(tmp_path):
 
 
 def test_a_split_that_measures_something_passes_with_its_chance_precision(tmp_path):
-    from timm_gsp.evaluate import chance_precision_at_1, check_evaluation_split
+    from timm_gsp.retrieval.evaluate import chance_precision_at_1, check_evaluation_split
 
     # the lone class-1 image is not a query the metrics count, but it is a candidate the others can pick
     mixed = {"test": _split(tmp_path, [0, 0, 0, 1])}

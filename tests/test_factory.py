@@ -5,7 +5,7 @@ import torch
 
 import timm_gsp
 from timm_gsp import GSPRetrievalNet, gsp_modules
-from timm_gsp.baseline_pools import GeneralizedMeanPool, ReducePool, create_baseline_pool
+from timm_gsp.layers.baseline_pools import GeneralizedMeanPool, ReducePool, create_baseline_pool
 
 from model_zoo import ALL, WRAPPED
 

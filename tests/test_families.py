@@ -17,17 +17,17 @@ from PIL import Image
 
 from conftest import subprocess_env
 from timm_gsp.data import build_dataset, generate_collage
-from timm_gsp.data.collage import collage_folder_config, write_collage_folder
 from timm_gsp.data.generated import default_config, read_boxes, read_meta, write_family, write_preview
+from timm_gsp.data.generated.collage import collage_folder_config, write_collage_folder
 from timm_gsp.errors import DatasetLayoutError, OutputExistsError
 
 pytest.importorskip("skimage", reason="scenes and fashion cut their clutter from scikit-image's photographs "
                                       "(pip install 'timm-gsp[bench]')")
-from timm_gsp.data import fashion  # noqa: E402  (needs scipy, which scikit-image brings)
-from timm_gsp.data.scenes import ScenesConfig, photo_clutter, photo_pool, render_scene, write_scenes  # noqa: E402
+from timm_gsp.data.generated import fashion  # noqa: E402  (needs scipy: the bench extra)
+from timm_gsp.data.generated.scenes import ScenesConfig, photo_clutter, photo_pool, render_scene, write_scenes  # noqa: E402
 
 needs_fashion = pytest.mark.skipif(
-    not (fashion.DEFAULT_FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    not (fashion.fashion_mnist_dir() / "train-images-idx3-ubyte.gz").is_file(),
     reason="Fashion-MNIST is not installed: apt-get install dataset-fashion-mnist")
 
 SMALL = {"num_classes": 4, "images_per_class": 3}
@@ -112,7 +112,7 @@ def _assert_box_covers_change(before: Image.Image, after: Image.Image, box) -> N
 @pytest.mark.parametrize("layout", ["free", "grid"])
 def test_scenes_box_covers_the_object(layout):
     config, photos = ScenesConfig(layout=layout), photo_pool()
-    from timm_gsp.data.scenes import _class_object
+    from timm_gsp.data.generated.scenes import _class_object
     obj = _class_object(config, photos, 3)
     for index in range(4):
         image, box = render_scene(config, photos, obj, np.random.default_rng([9, index]))
@@ -219,16 +219,18 @@ def test_collage_folder_is_the_collage_as_files(tmp_path):
 
 
 def test_preview_and_command_line(tmp_path):
+    """``timm-gsp generate`` writes a family and prints its folder; a user error is one line, exit status 1."""
     out = tmp_path / "collage"
-    done = subprocess.run([sys.executable, "-m", "timm_gsp.data.generated", "--family", "collage", "--seed", "3",
+    done = subprocess.run([sys.executable, "-m", "timm_gsp.cli", "generate", "--family", "collage", "--seed", "3",
                            "--out", str(out), "--num-classes", "4", "--images-per-class", "2", "--quiet",
                            "--preview", str(tmp_path / "p.png")], env=subprocess_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(out) and "Warning" not in done.stderr
     assert read_meta(out)["config"] == {**read_meta(out)["config"], "seed": 3, "grid_size": 3}
     assert Image.open(tmp_path / "p.png").size == (2 * 100, 4 * 100)  # 4 class rows of 2 images, 2 px margins
-    again = subprocess.run([sys.executable, "-m", "timm_gsp.data.generated", "--family", "collage", "--seed", "4",
+    again = subprocess.run([sys.executable, "-m", "timm_gsp.cli", "generate", "--family", "collage", "--seed", "4",
                             "--out", str(out), "--num-classes", "4"], env=subprocess_env(), capture_output=True, text=True)
-    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "not empty" in again.stderr
+    assert again.returncode == 1 and again.stderr.count("\n") == 1 and "not empty" in again.stderr
+    assert again.stderr.startswith("timm-gsp generate: error: ")
     with pytest.raises(DatasetLayoutError, match="no generated-folder metadata"):
         write_preview(tmp_path, tmp_path / "q.png")

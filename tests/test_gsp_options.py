@@ -10,7 +10,7 @@ import torch
 
 import timm_gsp
 from timm_gsp import GeneralizedSumPool, capture_transport
-from timm_gsp.baseline_pools import GeneralizedMeanPool
+from timm_gsp.layers.baseline_pools import GeneralizedMeanPool
 
 TODAYS_STRINGS = ["gsp", "gsp:num_prototypes=8,transport_ratio=0.3,gamma=5.0",
                   "gsp:num_prototypes=8,transport_ratio=0.25,gamma=10.0,border=1"]
@@ -40,7 +40,7 @@ def test_todays_pool_strings_build_the_same_layer(spec):
     x = features(2, 16, 6, 6)
     weights = pool.transport(timm_gsp.prototype_costs(pool._to_tokens(x), pool.prototypes))[0]
     # the paper's weighted sum, as the pool computed it before the options existed, to the last bit
-    torch.testing.assert_close(pool(x), timm_gsp.transport.weighted_sum(pool._to_tokens(x), weights), rtol=0, atol=0)
+    torch.testing.assert_close(pool(x), timm_gsp.layers.transport.weighted_sum(pool._to_tokens(x), weights), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("spec", ["gsp:mix=max", "gsp:mix=gem,transport_ratio=0.2", "gsp:mix=addmax,learn_ratio=1",
@@ -158,7 +158,7 @@ def test_new_parameters_are_new_when_loading_a_backbone_and_required_when_loadin
     state = model.state_dict()
     del state[f"{name}.gem_p"]
     fresh = timm.create_model("resnet10t", global_pool=spec, num_classes=0)
-    from timm_gsp.hub import load_state_dict
+    from timm_gsp.hub.published import load_state_dict
     with pytest.raises(timm_gsp.CheckpointMismatchError, match="gem_p"):
         load_state_dict(fresh, state)  # a trained GSP model's loader requires every pool parameter
 

@@ -1,4 +1,4 @@
-"""Publishing and reloading GSP retrieval models in timm's hub format (timm_gsp.hub).
+"""Publishing and reloading GSP retrieval models in timm's hub format (timm_gsp.hub.published).
 
 Round trips train a few steps (so the prototypes have moved), save with ``save_pretrained`` and
 reload with nothing but timm in a fresh Python process, offline; embeddings must be identical.
@@ -23,11 +23,12 @@ from safetensors.torch import save_file
 
 import timm_gsp
 from timm_gsp import CheckpointMismatchError, ConfigError, HubUnavailableError, RetrievalModelConfig, gsp_modules
-from timm_gsp.checkpoint import save_checkpoint
-from timm_gsp.hub import PUBLISHED_FILES, load_state_dict, push_to_hub, read_state_dict, save_pretrained, upload_folder
-from timm_gsp.model_sources import find_model, load_model
-from timm_gsp.losses import GSPMetricLoss
-from timm_gsp.run_results import RunResults
+from timm_gsp.hub.model_sources import find_model, load_model
+from timm_gsp.hub.published import PUBLISHED_FILES, load_state_dict, read_state_dict, save_pretrained
+from timm_gsp.hub.transfer import push_to_hub, upload_folder
+from timm_gsp.loss.zsr import GSPMetricLoss
+from timm_gsp.train.checkpoint import save_checkpoint
+from timm_gsp.train.run_results import RunResults
 
 NUM_CLASSES = 3
 SPEC = timm_gsp.format_gsp_spec(num_prototypes=4)
@@ -280,7 +281,7 @@ def test_timm_load_refuses_a_config_with_another_prototype_count(cnn, tmp_path):
 
 
 def test_config_embedding_size_that_disagrees_with_the_weights_is_refused(cnn, tmp_path):
-    """Issue #10 item 6: only model_args.num_classes edited (8 -> 4): no random embedding layer."""
+    """A config.json whose model_args.num_classes alone is edited (8 -> 4) is refused: no random embedding layer."""
     folder = save_pretrained(cnn[0], tmp_path / "published", model_config=cnn[2])
     _edit_config(folder, lambda written: written["model_args"].__setitem__("num_classes", 4))
     with pytest.raises(CheckpointMismatchError, match=r"4 outputs.*weights are for 8"):
@@ -411,7 +412,7 @@ def _snapshot(folder):
 
 
 def test_failed_upload_leaves_the_folder_unchanged(cnn, tmp_path, monkeypatch):
-    """Issue #10 item 5. The upload fails for real: the Hub endpoint is a closed local port."""
+    """An upload that fails leaves the folder as it was. It fails for real: the Hub endpoint is a closed local port."""
     from huggingface_hub import constants
 
     folder = save_pretrained(cnn[0], tmp_path / "p", model_config=cnn[2])
@@ -482,7 +483,7 @@ def test_card_parses_back_with_huggingface_hub_and_names_its_metrics(cnn, tmp_pa
 def test_card_written_before_the_repo_is_known_names_it_at_upload(cnn, tmp_path):
     from huggingface_hub import ModelCard
 
-    from timm_gsp.hub import upload_files
+    from timm_gsp.hub.transfer import upload_files
 
     folder = save_pretrained(cnn[0], tmp_path / "p", results_for(cnn[2]))
     files = upload_files(folder, "someone/tiny-gsp")
@@ -514,7 +515,7 @@ def _hub_listing(files, lfs=("model.safetensors",)):
 def test_upload_operations_add_only_the_files_the_hub_lacks_or_holds_otherwise(cnn, tmp_path):
     from huggingface_hub import CommitOperationAdd
 
-    from timm_gsp.hub import upload_files, upload_operations
+    from timm_gsp.hub.transfer import upload_files, upload_operations
 
     files = upload_files(save_pretrained(cnn[0], tmp_path / "p", results_for(cnn[2])), "someone/tiny")
     assert upload_operations(files, _hub_listing(files)) == []  # the Hub holds all of it: no commit
@@ -574,8 +575,8 @@ def test_baselines_and_embedding_free_models_round_trip(tmp_path, name, kwargs, 
 
 def test_finding_a_model_loads_no_evaluation_code():
     """Every CLI command finds its model through model_sources: that must not import torchmetrics."""
-    script = ("import sys, timm_gsp.model_sources; "
-              "print(sorted(m for m in ('timm_gsp.evaluate', 'torchmetrics', 'timm_gsp.metrics') if m in sys.modules))")
+    script = ("import sys, timm_gsp.hub.model_sources; "
+              "print(sorted(m for m in ('timm_gsp.retrieval.evaluate', 'torchmetrics', 'timm_gsp.metrics.retrieval') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", script], check=True, env=subprocess_env(), capture_output=True,
                          text=True, timeout=120).stdout
     assert out.strip() == "[]"
@@ -597,7 +598,7 @@ def test_a_config_json_without_the_description_is_described_from_timms_keys(cnn,
     (48, (3, 48, 48)), ([40, 56], (3, 40, 56)), ((1, 32, 32), (1, 32, 32)), ([3, 64, 64], (3, 64, 64)),
 ])
 def test_input_size_is_read_in_every_spelling(given, expected):
-    from timm_gsp.model_config import parse_input_size
+    from timm_gsp.models.model_config import parse_input_size
 
     assert parse_input_size(given) == expected
     assert RetrievalModelConfig("test_resnet", data_config={"input_size": given}).input_size == expected
@@ -605,14 +606,14 @@ def test_input_size_is_read_in_every_spelling(given, expected):
 
 @pytest.mark.parametrize("given", [True, [32], [3, 32, 32, 1], "large", [0, 32], None])
 def test_an_unreadable_input_size_is_a_config_error(given):
-    from timm_gsp.model_config import parse_input_size
+    from timm_gsp.models.model_config import parse_input_size
 
     with pytest.raises(ConfigError, match="input_size must be an int, \\(H, W\\) or \\(C, H, W\\)"):
         parse_input_size(given)
 
 
 def test_published_input_size_may_be_given_as_one_number(cnn, tmp_path):
-    from timm_gsp.model_config import evaluation_data_config
+    from timm_gsp.models.model_config import evaluation_data_config
 
     model, _, config, *_ = cnn
     assert evaluation_data_config(model, config, input_size=48)["input_size"] == [3, 48, 48]

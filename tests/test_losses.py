@@ -10,7 +10,7 @@ import torch.nn as nn
 from pytorch_metric_learning import losses, miners
 
 from timm_gsp import GeneralizedSumPool, capture_transport
-from timm_gsp.losses import GSPMetricLoss, ZeroShotLoss, zero_shot_loss
+from timm_gsp.loss.zsr import GSPMetricLoss, ZeroShotLoss, zero_shot_loss
 
 NUM_CLASSES = 4
 EMBED_DIM = 16

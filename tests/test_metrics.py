@@ -1,4 +1,4 @@
-"""Tests for timm_gsp.metrics.RetrievalMetrics.
+"""Tests for timm_gsp.metrics.retrieval.RetrievalMetrics.
 
 The reference is pytorch-metric-learning's AccuracyCalculator. Without faiss it needs an explicit
 ``knn_func``; ``_StableKNN`` below computes the full distance matrix with pml's own distance
@@ -20,8 +20,8 @@ from pytorch_metric_learning.distances import CosineSimilarity, LpDistance
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import CustomKNN, return_results
 
-from timm_gsp.knn import exact_knn
-from timm_gsp.metrics import RetrievalMetrics, relevant_counts
+from timm_gsp.metrics.knn import exact_knn
+from timm_gsp.metrics.retrieval import RetrievalMetrics, relevant_counts
 
 K_VALUES = (1, 2, 4, 8)
 PML_METRICS = ("precision_at_1", "r_precision", "mean_average_precision_at_r")

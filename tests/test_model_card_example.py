@@ -15,7 +15,7 @@ import yaml
 
 import timm_gsp
 from timm_gsp.cli import main as cli_main
-from timm_gsp.model_sources import load_model
+from timm_gsp.hub.model_sources import load_model
 
 from conftest import REPO
 from fixtures_data import make_folder_tree

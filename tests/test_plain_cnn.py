@@ -1,4 +1,4 @@
-"""PlainCNN (timm_gsp.plain_cnn): registered with timm, full resolution in its first stage, timm's head.
+"""PlainCNN (timm_gsp.models.plain_cnn): registered with timm, full resolution in its first stage, timm's head.
 
 timm's own model checks (forward / backward, cfg, TorchScript, FX, features_only) run on it with GSP in
 test_timm_model_checks.py; these tests pin down what the architecture promises.

@@ -13,9 +13,9 @@ from safetensors.torch import save_file
 
 import timm_gsp
 from timm_gsp import RetrievalModelConfig
-from timm_gsp.checkpoint import load_checkpoint
 from timm_gsp.errors import ConfigError
-from timm_gsp.run_results import RunResults, read_results
+from timm_gsp.train.checkpoint import load_checkpoint
+from timm_gsp.train.run_results import RunResults, read_results
 from timm_gsp.utils import file_sha256
 
 from conftest import REPO, subprocess_env
@@ -234,7 +234,7 @@ def test_freeze_bn_is_moot_on_a_backbone_from_scratch(folder_tree, tmp_path, cap
 def test_train_builds_the_model_once_with_the_file(weights_file, folder_tree, tmp_path, monkeypatch):
     """The file is checked by the one build the run trains (still before the output folder is touched),
     not by a build of its own first."""
-    import timm_gsp.factory
+    import timm_gsp.models.factory
 
     path, stored = weights_file(num_classes=10)
     builds = []
@@ -243,8 +243,8 @@ def test_train_builds_the_model_once_with_the_file(weights_file, folder_tree, tm
         builds.append(kwargs.get("pretrained_path"))
         return real(*args, **kwargs)
 
-    real = timm_gsp.factory.create_model
-    monkeypatch.setattr(timm_gsp.factory, "create_model", counted)
+    real = timm_gsp.models.factory.create_model
+    monkeypatch.setattr(timm_gsp.models.factory, "create_model", counted)
     output = tmp_path / "run"
     assert train_script.main(["--dataset", "folder", "--data-dir", str(folder_tree(num_classes=8, per_class=4)),
                               "--recipe", "folder", "--model", "test_resnet", "--pretrained-path", str(path), *TINY,

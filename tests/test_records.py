@@ -21,7 +21,7 @@ import pytest
 
 import timm_gsp
 from timm_gsp import RetrievalModelConfig
-from timm_gsp.run_results import RunResults
+from timm_gsp.train.run_results import RunResults
 
 from conftest import REPO
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from timm_gsp.checkpoint import load_checkpoint
-from timm_gsp.run_results import read_results
-from timm_gsp.utils import CLAIM_FILE, FolderClaim
+from timm_gsp.train.checkpoint import load_checkpoint
+from timm_gsp.train.folder_claim import CLAIM_FILE, FolderClaim
+from timm_gsp.train.run_results import read_results
 
 from conftest import REPO, subprocess_env
 from fixtures_data import make_folder_tree

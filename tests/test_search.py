@@ -1,4 +1,4 @@
-"""Embedding indexes and search (timm_gsp.search): exactness, bounded reads, the file, the model record."""
+"""Embedding indexes and search (timm_gsp.retrieval.search): exactness, bounded reads, the file, the model record."""
 import hashlib
 import json
 import os
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from timm_gsp import ConfigError, OutputExistsError
-from timm_gsp.search import (INDEX_FORMAT, EmbeddingIndex, build_faiss_index, check_index_model, model_fingerprint,
+from timm_gsp.retrieval.search import (INDEX_FORMAT, EmbeddingIndex, build_faiss_index, check_index_model, model_fingerprint,
                              read_index, search, search_faiss, write_index)
 
 MODEL = {"source": "hf-hub:someone/gsp-sop", "fingerprint": "f" * 64}
@@ -199,7 +199,7 @@ def test_write_refuses_non_finite_embeddings_naming_the_image(tmp_path):
 
 @pytest.mark.parametrize("chunk_rows", [2, 65536])
 def test_read_refuses_non_finite_embeddings_counting_them(tmp_path, chunk_rows):
-    from timm_gsp.search import nonfinite_rows
+    from timm_gsp.retrieval.search import nonfinite_rows
 
     rows = torch.randn(7, 3)
     rows[0, 2], rows[5, 0], rows[6, :] = float("inf"), float("nan"), float("nan")

@@ -12,9 +12,10 @@ from torchvision import transforms as T
 
 import timm_gsp
 from timm_gsp import RetrievalModelConfig
-from timm_gsp.data import build_dataset, build_eval_transform
-from timm_gsp.evaluate import evaluate_retrieval
-from timm_gsp.run_results import read_results
+from timm_gsp.data import build_dataset, build_eval_transform, build_train_transform, resolve_input_config
+from timm_gsp.retrieval.evaluate import evaluate_retrieval
+from timm_gsp.train.distributed import DistributedJob
+from timm_gsp.train.run_results import read_results
 
 from conftest import REPO, subprocess_env, torchrun
 from fixtures_data import make_fixture_tree, make_folder_tree, make_image, make_inshop_tree
@@ -209,8 +210,9 @@ def test_recipes_and_flags_reach_the_transforms(tmp_path):
 
     def transforms(*argv):
         args = train_script.parse_args(["--data-dir", str(root), "--workers", "0", "--batch-size", "4", "--m-per-class", "2", *argv])
-        *_, (train_tf, eval_tf) = train_script.build_data(args, model, train_script.Distributed())
-        return train_tf, eval_tf
+        # what train.py makes of them: the evaluation data config, and the augmentation on top of it
+        config = resolve_input_config(model, args.img_size, crop_pct=args.crop_pct, interpolation=args.interpolation)
+        return build_train_transform(config, train_script.augmentation_of(args)), build_eval_transform(config)
 
     recipe_train, recipe_eval = transforms("--recipe", "folder-scratch")
     flag_train, flag_eval = transforms("--recipe", "folder-scratch", "--scale", "0.3", "0.5", "--hflip", "0",
@@ -254,7 +256,7 @@ def test_schedule_is_timms_warmup_then_cosine_and_resumes_from_its_update_count(
     def schedule(*extra, updates_done=0):
         args = train_script.parse_args([*argv, *extra])
         optimizer = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in peaks])
-        scheduler = train_script.build_scheduler(args, optimizer, steps)
+        scheduler = train_script.build_scheduler(optimizer, steps, args.epochs, args.warmup_epochs, args.sched)
         if updates_done:
             scheduler.step_update(updates_done)
         lrs = []
@@ -341,8 +343,10 @@ def test_gem_exponent_learns_at_the_head_rate_not_the_pretrained_backbones():
     model = timm_gsp.create_model("test_resnet", embed_dim=8, pool="gem")
     exponents = [p for name, p in model.named_parameters() if name.endswith("pool.p")]
     assert len(exponents) == 1
-    criterion = train_script.build_criterion(args, model, 2, 8, train_script.Distributed())
-    groups = {g["name"]: g for g in train_script.build_optimizer(args, model, criterion).param_groups}
+    criterion = train_script.build_criterion(args.loss, model, 2, 8, 0.0, None, DistributedJob())  # GeM: no ZSR
+    learning_rates = {"backbone": args.backbone_lr, "head": args.lr, "prototypes": args.prototype_lr, "loss": args.loss_lr}
+    groups = {g["name"]: g for g in train_script.build_optimizer(model, criterion, args.opt, learning_rates,
+                                                                 args.weight_decay).param_groups}
     assert any(p is exponents[0] for p in groups["head"]["params"]) and groups["head"]["lr"] == 0.01
     assert not any(p is exponents[0] for p in groups["backbone"]["params"]) and groups["backbone"]["lr"] == 0.0001
 

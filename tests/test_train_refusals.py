@@ -9,7 +9,7 @@ import pytest
 
 import timm_gsp
 from timm_gsp import RetrievalModelConfig, cli
-from timm_gsp.checkpoint import save_checkpoint
+from timm_gsp.train.checkpoint import save_checkpoint
 
 from conftest import REPO, subprocess_env
 from fixtures_data import make_folder_tree

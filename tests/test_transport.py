@@ -8,7 +8,7 @@ from scipy.optimize import brentq
 from scipy.special import expit, logsumexp, softmax
 
 from timm_gsp import gsp_transport, prototype_costs
-from timm_gsp.transport import solve_threshold
+from timm_gsp.layers.transport import solve_threshold
 
 
 def closed_form_float64(costs: np.ndarray, mu: float, gamma: float):
@@ -174,7 +174,7 @@ def test_prototype_costs_shapes_and_range():
 
 
 def test_fused_cost_and_pooling_gradients_float64():
-    from timm_gsp.transport import weighted_sum
+    from timm_gsp.layers.transport import weighted_sum
 
     tokens = torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)
     protos = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)

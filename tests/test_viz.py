@@ -1,4 +1,4 @@
-"""GSP heat maps (timm_gsp.viz): values from the transport, layout on the image, PNG output."""
+"""GSP heat maps (timm_gsp.retrieval.viz): values from the transport, layout on the image, PNG output."""
 import numpy as np
 import pytest
 import timm
@@ -7,7 +7,7 @@ from PIL import Image
 
 import timm_gsp
 from timm_gsp import ConfigError, capture_transport, gsp_modules
-from timm_gsp.viz import (BACKGROUND, CORRECT_COLOR, UNKNOWN_COLOR, WRONG_COLOR, Hit, denormalize, feature_grid,
+from timm_gsp.retrieval.viz import (BACKGROUND, CORRECT_COLOR, UNKNOWN_COLOR, WRONG_COLOR, Hit, denormalize, feature_grid,
                           overlay, pooling_maps, retrieval_sheet, save_overlays, weight_map_sheet)
 
 # (name, create kwargs, input (H, W)): NCHW, NHWC, ViT tokens (square, and non-square with dynamic

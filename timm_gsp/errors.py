@@ -6,7 +6,7 @@ catches those keeps working. Errors that are not about GSP (a typo in a timm arg
 error) are never relabelled: they reach the caller with their own type and message.
 
 The command-line tools print these as one line (``timm-gsp <command>: error: ...``,
-``timm_gsp.cli_support``); other exceptions are bugs and keep their traceback.
+``timm_gsp.cli.support``); other exceptions are bugs and keep their traceback.
 """
 from __future__ import annotations
 

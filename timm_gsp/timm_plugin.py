@@ -1,4 +1,12 @@
-"""Teach timm the ``"gsp"`` global pool. The only module of timm-gsp that touches timm internals.
+"""Teach timm the ``"gsp"`` global pool: the one module of timm-gsp that touches timm's private internals.
+
+The rule, which ``tests/test_imports.py`` keeps: only this module wraps or patches timm (assigns to an
+attribute of timm, of one of its modules or of one of its classes), imports from a private timm module
+(``timm.models._hub``) or names a private timm attribute (one whose name starts with ``_``). Every other
+module of timm-gsp uses timm's public API: it imports what ``timm``, ``timm.data``, ``timm.layers`` and
+``timm.models`` export, calls it (``timm.create_model``, ``build_model_with_cfg``, ...), subclasses it,
+registers architectures with ``register_model``, and reads the public attributes of timm models
+(``pretrained_cfg``, ``num_features``, ``num_classes``, ``reset_classifier``, ...).
 
 ``register()`` (run by ``import timm_gsp``, idempotent) makes these changes, all at registration,
 each a wrapper that forwards ``*args, **kwargs`` unchanged to timm's own function and only acts
@@ -23,18 +31,21 @@ timm attribute (public name)                   touch      why (timm releases: al
                                                           config and weights disagree on the embedding size
 ``timm.models.register_notrace_module``        called     ``GeneralizedSumPool`` is an FX leaf, so timm's FX
                                                           feature extraction traces GSP models
-``timm.models.save_for_hf``                    re-export  what ``timm_gsp.hub`` saves with; before timm
+``timm.models.save_for_hf``                    re-export  what ``hub.published`` saves with; before timm
 (``timm.models._hub.save_for_hf`` < 1.0.20)               exported it (1.0.20) it is taken from its module
 ``timm.models.get_model_input_config``         read       a model's input size (timm >= 1.0.31; before, the
                                                           size given at creation or the pretrained_cfg's)
 =============================================  =========  ===================================================
 
-Read, never written: the model attributes ``head_drop``, ``norm``, ``fc_norm``,
+Written, only on the module that a wrapped ``__init__`` / ``reset`` builds and only when GSP is asked
+for: a ``SelectAdaptivePool2d``'s ``pool``, ``pool_type`` and ``flatten``, a token model's ``head_drop``
+(and the load-state-dict pre-hook that maps its final norm, below), a ``ClNormMlpClassifierHead``'s
+``pre_logits``. Read, never written: the model attributes ``norm``, ``fc_norm``,
 ``num_prefix_tokens``, ``num_features``, ``pretrained_cfg``, ``num_classes``, ``dynamic_img_size`` and
 ``patch_embed.grid_size`` (token models: the patch grid GSP's ``border`` needs), on heads
-``in_features``, ``input_fmt``/``pool_dim``, ``pre_logits``, and ``timm.__version__``. The ``global_pool`` argument is recorded
-by timm's own factory (timm >= 1.0.20 writes it to ``model_args``); ``timm_gsp.hub`` passes the full
-reconstruction arguments to ``save_for_hf`` explicitly, so older releases save the same config.
+``in_features``, ``input_fmt``/``pool_dim``, and ``timm.__version__``. The ``global_pool`` argument is
+recorded by timm's own factory (timm >= 1.0.20 writes it to ``model_args``); ``hub.published`` passes
+the full reconstruction arguments to ``save_for_hf`` explicitly, so older releases save the same config.
 
 Token models put their final norm where GSP needs it, on every token before pooling: checkpoints
 that store it as ``fc_norm`` (Eva, BEiT, ViT 'avg' variants) and those that store it as ``norm``
@@ -67,8 +78,8 @@ except ImportError:  # timm < 1.0.20 defines it without exporting it
     from timm.models._hub import save_for_hf
 
 from .errors import CheckpointMismatchError, GSPUnsupportedModelError
-from .pooling import GeneralizedSumPool, gsp_modules
-from .spec import is_gsp_spec, parse_gsp_spec
+from .layers.gsp_pool import GeneralizedSumPool, gsp_modules
+from .layers.pool_spec import is_gsp_spec, parse_gsp_spec
 from .utils import dry_forward
 
 __all__ = ["register", "SUPPORTED_TIMM_VERSIONS", "HUB_PREFIXES", "LOCAL_DIR_PREFIX", "LOCAL_DIR_SINCE", "model_input_size",

@@ -8,12 +8,16 @@
   -- plain random batches, the same interface.
 * :func:`build_transforms` -- timm train/eval transforms from a model's data config.
 * :class:`CachedDataset` -- a split decoded once and served from memory (small datasets).
+* ``generated/`` -- the generated image-folder benchmarks (scenes, fashion, collage) and their registry.
+
+This package sits above the core (it builds on ``errors``, ``utils`` and ``models.model_config``) and
+below the tools; it imports no tool.
 """
 from .base import ImageFileDataset, RetrievalDataset
-from .cache import DEFAULT_MAX_CACHE_BYTES, CachedDataset
-from .collage import CollageConfig, CollageDataset, default_cache_root, ensure_collage, generate_collage
-from .datasets import CUB200, Cars196, FolderDataset, InShop, StanfordOnlineProducts
 from .build import DATASETS, build_dataset, evaluation_splits
+from .cache import DEFAULT_MAX_CACHE_BYTES, CachedDataset
+from .datasets import CUB200, Cars196, FolderDataset, InShop, StanfordOnlineProducts
+from .generated.collage import CollageConfig, CollageDataset, default_cache_root, ensure_collage, generate_collage
 from .images import CorruptImageError, DatasetLayoutError, find_unreadable_images, load_rgb
 from .sampler import MPerClassBatchSampler, RandomBatchSampler
 from .splits import carve_validation, split_classes

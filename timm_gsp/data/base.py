@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from .images import find_unreadable_images, load_rgb
 
-__all__ = ["RetrievalDataset", "ImageFileDataset", "contiguous_labels"]
+__all__ = ["RetrievalDataset", "ImageFileDataset", "Transform", "contiguous_labels"]
 
 Transform = Callable[[Image.Image], Any]
 

@@ -6,8 +6,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from ..errors import ConfigError
 from ..utils import PathLike
 from .base import RetrievalDataset, Transform
-from .collage import CollageDataset
 from .datasets import CUB200, Cars196, FolderDataset, InShop, StanfordOnlineProducts
+from .generated.collage import CollageDataset
 from .splits import carve_validation
 
 __all__ = ["DATASETS", "build_dataset", "evaluation_splits"]

@@ -22,15 +22,15 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Dict, Hashable, List, NamedTuple, Optional, Sequence, Tuple
 
-from .base import ImageFileDataset, Transform
 from ..errors import ConfigError, DatasetLayoutError
 from ..utils import PathLike
+from .base import ImageFileDataset, Transform
 from .images import is_image_file
 from .layout import find_layout_root
 
-__all__ = ["CUB200", "Cars196", "StanfordOnlineProducts", "InShop", "FolderDataset"]
+__all__ = ["CUB200", "Cars196", "StanfordOnlineProducts", "InShop", "FolderDataset", "ImageFolder", "scan_image_folder"]
 
 Record = Tuple[str, Hashable]
 
@@ -302,9 +302,71 @@ class InShop(ImageFileDataset):
                                  f"looked for the first one at {tried} (expected {cls.EXPECTED})")
 
 
+class ImageFolder(NamedTuple):
+    """The image files of a folder, as ``scan_image_folder`` finds them."""
+
+    classes: Dict[str, List[str]]  # class folder name -> its image paths (nested ones too), sorted
+    loose: List[str]  # the images directly in the folder, sorted
+    empty: List[str]  # the class folders that hold no image
+
+
+def scan_image_folder(base: PathLike, layout: str = "folder") -> ImageFolder:
+    """The image files under ``base``, read as ``root/<class name>/<images>``: each folder directly in
+    ``base`` (not hidden) is a class, and its images may be nested below it; images directly in
+    ``base`` are ``loose``. Paths are ``base`` joined with the names found (links are not resolved).
+
+    Class folders may be links (a dataset assembled from folders elsewhere). Below them each real
+    folder is read once, and a link to a folder is followed only into ``base`` and outside every
+    class folder: ``class_0/up -> ..`` would otherwise file every class under ``class_0``, and a
+    link into another class would read its images twice, under two labels. Each real image file
+    counts once (the first class in sorted order keeps it). Skipped links are counted in one
+    warning, which names ``layout``.
+    """
+    base = Path(base)
+    root = base.resolve()
+    class_dirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_roots = [d.resolve() for d in class_dirs]
+    read_dirs, read_files, skipped_links = set(class_roots), set(), []
+
+    def may_follow(real: Path) -> bool:
+        return real not in read_dirs and real.is_relative_to(root) and not any(
+            real.is_relative_to(c) or c.is_relative_to(real) for c in class_roots)
+
+    classes: Dict[str, List[str]] = {}
+    empty = []
+    for class_dir, class_root in zip(class_dirs, class_roots):
+        files, pending = [], [(str(class_dir), class_root)]
+        while pending:  # depth-first, entries sorted: the same walk on every machine
+            folder, real_folder = pending.pop()
+            with os.scandir(folder) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
+            for entry in entries:
+                # the real path without a system call unless the entry is a link
+                real = Path(os.path.realpath(entry.path)) if entry.is_symlink() else real_folder / entry.name
+                if entry.is_dir():
+                    if entry.is_symlink() and not may_follow(real):
+                        skipped_links.append(entry.path)
+                    elif real not in read_dirs:
+                        read_dirs.add(real)
+                        pending.append((entry.path, real))
+                elif is_image_file(entry.name) and real not in read_files:
+                    read_files.add(real)
+                    files.append(entry.path)
+        if files:
+            classes[class_dir.name] = sorted(files)
+        else:
+            empty.append(class_dir.name)
+    if skipped_links:
+        warnings.warn(f"{layout}: skipped {len(skipped_links)} directory links under {base} that lead out of "
+                      f"the dataset, into a class folder or to a folder already read: {sorted(skipped_links)[:3]}",
+                      RuntimeWarning, stacklevel=2)
+    loose = sorted(str(p) for p in base.iterdir() if p.is_file() and is_image_file(p))
+    return ImageFolder(classes, loose, empty)
+
+
 class FolderDataset(ImageFileDataset):
     """``root/<class name>/<images>`` (images may be nested below the class folder), split by class.
-    Each image file is read once, under the class folder it is in (see ``_scan`` for links).
+    Each image file is read once, under the class folder it is in (see ``scan_image_folder`` for links).
 
     Args:
         split: ``"train"``, ``"test"`` or ``"all"``.
@@ -335,61 +397,16 @@ class FolderDataset(ImageFileDataset):
 
     @classmethod
     def _scan(cls, base: Path) -> Dict[str, List[str]]:
-        """``{class name: sorted image paths}`` for the class folders under ``base``.
-
-        Class folders may be links (a dataset assembled from folders elsewhere). Below them each real
-        folder is read once, and a link to a folder is followed only into ``base`` and outside every
-        class folder: ``class_0/up -> ..`` would otherwise file every class under ``class_0``, and a
-        link into another class would read its images twice, under two labels. Each real image file
-        counts once (the first class in sorted order keeps it). Skipped links are counted in one
-        warning.
-        """
-        root = base.resolve()
-        class_dirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
-        class_roots = [d.resolve() for d in class_dirs]
-        read_dirs, read_files, skipped_links = set(class_roots), set(), []
-
-        def may_follow(real: Path) -> bool:
-            return real not in read_dirs and real.is_relative_to(root) and not any(
-                real.is_relative_to(c) or c.is_relative_to(real) for c in class_roots)
-
-        per_class: Dict[str, List[str]] = {}
-        empty = []
-        for class_dir, class_root in zip(class_dirs, class_roots):
-            files, pending = [], [(str(class_dir), class_root)]
-            while pending:  # depth-first, entries sorted: the same walk on every machine
-                folder, real_folder = pending.pop()
-                with os.scandir(folder) as scan:
-                    entries = sorted(scan, key=lambda e: e.name)
-                for entry in entries:
-                    # the real path without a system call unless the entry is a link
-                    real = Path(os.path.realpath(entry.path)) if entry.is_symlink() else real_folder / entry.name
-                    if entry.is_dir():
-                        if entry.is_symlink() and not may_follow(real):
-                            skipped_links.append(entry.path)
-                        elif real not in read_dirs:
-                            read_dirs.add(real)
-                            pending.append((entry.path, real))
-                    elif is_image_file(entry.name) and real not in read_files:
-                        read_files.add(real)
-                        files.append(entry.path)
-            if files:
-                per_class[class_dir.name] = sorted(files)
-            else:
-                empty.append(class_dir.name)
-        if skipped_links:
-            warnings.warn(f"{cls.LAYOUT}: skipped {len(skipped_links)} directory links under {base} that lead out of "
-                          f"the dataset, into a class folder or to a folder already read: {sorted(skipped_links)[:3]}",
-                          RuntimeWarning, stacklevel=3)
-        if not per_class:
-            loose = [p for p in base.iterdir() if p.is_file() and is_image_file(p)]
-            hint = f"; {base} holds images directly -- did you mean root={base.parent}?" if loose else ""
+        """``{class name: sorted image paths}`` of the class folders under ``base`` (``scan_image_folder``)."""
+        found = scan_image_folder(base, cls.LAYOUT)
+        if not found.classes:
+            hint = f"; {base} holds images directly -- did you mean root={base.parent}?" if found.loose else ""
             raise DatasetLayoutError(f"{cls.LAYOUT}: no class folders with images under {base} "
                                      f"(expected layout: {cls.EXPECTED}){hint}")
-        if empty:
-            warnings.warn(f"{cls.LAYOUT}: ignoring {len(empty)} class folders without images under {base}: {empty[:5]}",
-                          RuntimeWarning, stacklevel=3)
-        return per_class
+        if found.empty:
+            warnings.warn(f"{cls.LAYOUT}: ignoring {len(found.empty)} class folders without images under {base}: "
+                          f"{found.empty[:5]}", RuntimeWarning, stacklevel=3)
+        return found.classes
 
     @classmethod
     def _split(cls, all_classes: List[str], split: str, train_fraction: float,

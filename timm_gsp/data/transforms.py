@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 import torch.nn as nn
 from timm.data import create_transform
 
-from ..model_config import resolve_input_config
+from ..models.model_config import resolve_input_config
 
 __all__ = ["Augmentation", "build_eval_transform", "build_train_transform", "build_transforms", "resolve_input_config"]
 
