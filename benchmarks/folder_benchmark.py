@@ -49,7 +49,7 @@ def family_root(family: str, generator_seed: int, name: str = "", progress: bool
     (fields of the family's config) is kept in a folder of its own, called ``name``."""
     from timm_gsp.data import default_cache_root
     from timm_gsp.data.generated import default_config, write_family
-    version = importlib.import_module(f"timm_gsp.data.{family}").GENERATOR_VERSION
+    version = importlib.import_module(f"timm_gsp.data.generated.{family}").GENERATOR_VERSION
     root = default_cache_root() / f"{name or family}-s{generator_seed}-v{version}"
     return write_family(family, root, default_config(family, seed=generator_seed, **overrides), progress=progress)
 
