@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--gsp-project", action=argparse.BooleanOptionalAction, default=timm_gsp.GSP_DEFAULTS["project"],
                        help="compute the costs and pool on a learned linear map of every cell (from the identity)")
     model.add_argument("--gsp-norm", choices=NORMS, default=timm_gsp.GSP_DEFAULTS["norm"],
-                       help="cell normalisation for the costs: unit, or clip (only norms above 1)")
+                       help="cell normalisation for the costs: unit, clip (only norms above 1) or relative (only "
+                            "norms above the image's mean cell norm)")
     model.add_argument("--prototype-init", choices=["random", "kcenter", "kcenter-pooled"], default="kcenter",
                        help="kcenter: greedy farthest-point init from local features of training images; "
                             "kcenter-pooled: from the mean features of up to 1024 training images, after "

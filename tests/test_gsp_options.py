@@ -58,7 +58,7 @@ def test_option_strings_round_trip_and_rebuild_identically(spec):
 
 @pytest.mark.parametrize("bad, match", [
     ("gsp:mix=mean", "mix must be one of sum, max, gem, addmax"),
-    ("gsp:norm=l1", "norm must be one of unit, clip"),
+    ("gsp:norm=l1", "norm must be one of unit, clip, relative"),
     ("gsp:learn_ratio=yes", "learn_ratio .* must be 0 or 1"),
     ("gsp:project=2", "project .* must be 0 or 1"),
     ("gsp:learn_ratio=1,transport_ratio=1", "learn_ratio needs a starting transport_ratio below 1"),
@@ -183,3 +183,24 @@ def test_kcenter_pooled_initialisation_uses_image_means():
     assert distance.min(1).values.max() < 1e-4
     with pytest.raises(ValueError, match="at least K=4"):
         timm_gsp.init_prototypes_kcenter(model, images[:3], pooled=True)
+
+
+def test_relative_norm_is_clip_at_the_images_mean_cell_norm():
+    """f / max(|f|, m), m = the image's mean cell norm: a cell at or above m is unit-normalised, a weaker
+    one (norm r) is at least 1 - r / m from every prototype; scaling the image leaves the costs unchanged."""
+    x = features(1, 16, 3, 3)
+    x[0, :, 1, 1] *= 0.1  # one weak cell
+    relative, unit = make_pool(norm="relative"), make_pool()
+    with torch.no_grad():  # prototype 0 points exactly at the weak cell: cost 0 under unit, 1 - r / m under relative
+        relative.prototypes[0] = unit.prototypes[0] = x[0, :, 1, 1]
+    norms = x[0].flatten(1).norm(dim=0)
+    with capture_transport(relative) as plans:
+        relative(x)
+    costs = plans[-1].costs[0]
+    assert abs(costs[0, 4] - (1 - norms[4] / norms.mean())) < 1e-4
+    with capture_transport(relative) as plans:
+        relative(x * 37.0)
+    torch.testing.assert_close(plans[-1].costs[0], costs, rtol=1e-5, atol=1e-5)
+    uniform = features(1, 16, 3, 3)
+    uniform = uniform / uniform.norm(dim=1, keepdim=True)  # every norm equal to the mean: relative is unit
+    torch.testing.assert_close(relative(uniform), unit(uniform), rtol=1e-5, atol=1e-5)

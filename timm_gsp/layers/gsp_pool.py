@@ -137,7 +137,7 @@ class GeneralizedSumPool(nn.Module):
         learn_ratio: learn the transport ratio, from ``transport_ratio`` (``GSPTransport``).
         project: a learned linear map of every cell (C -> C, from the identity) before the costs;
             the pool pools the mapped cells (the reference transports embedded cells).
-        norm: how the costs normalise a cell: 'unit' or 'clip' (``transport.prototype_costs``).
+        norm: how the costs normalise a cell: 'unit', 'clip' or 'relative' (``transport.prototype_costs``).
     """
 
     # Python-side conveniences that TorchScript must not compile.

@@ -29,13 +29,14 @@ __all__ = ["BASELINE_POOLS", "GSP_DEFAULTS", "MIXES", "NORMS", "check_gsp_args",
 #   learn_ratio  the transport ratio is a learned parameter, starting at transport_ratio
 #   project      the costs and the pooled vector are computed on a learned linear map of every cell
 #                (C -> C, from the identity), as the reference transports embedded cells
-#   norm         how a cell is normalised for its costs: "unit" (f / |f|) or "clip" (f / max(|f|, 1),
-#                the reference release's: weak cells sit far from every prototype)
+#   norm         how a cell is normalised for its costs: "unit" (f / |f|), "clip" (f / max(|f|, 1), the
+#                reference release's: weak cells sit far from every prototype) or "relative" (f / max(|f|, m),
+#                m the image's mean cell norm: the same at the network's own scale)
 # Every other module reads them here.
 GSP_DEFAULTS: Dict[str, Any] = {"num_prototypes": 64, "transport_ratio": 0.3, "gamma": 5.0, "border": 0,
                                 "mix": "sum", "learn_ratio": False, "project": False, "norm": "unit"}
 MIXES = ("sum", "max", "gem", "addmax")
-NORMS = ("unit", "clip")
+NORMS = ("unit", "clip", "relative")
 _TYPES = {"num_prototypes": int, "transport_ratio": float, "gamma": float, "border": int, "mix": str,
           "learn_ratio": bool, "project": bool, "norm": str}
 _CHOICES = {"mix": MIXES, "norm": NORMS}

@@ -182,7 +182,10 @@ def prototype_costs(features: torch.Tensor, prototypes: torch.Tensor, channel_di
             read in place when contiguous in either layout (a transposed view included).
         prototypes: (K, C).
         norm: "unit" divides each feature by its norm; "clip" only by a norm above 1 (the reference
-            release's), so a weak feature (norm r < 1) is at least 1 - r from every prototype.
+            release's), so a weak feature (norm r < 1) is at least 1 - r from every prototype;
+            "relative" only by a norm above the image's mean cell norm ``m`` (the scale of a network's
+            features is its own: clipping at 1 leaves most networks' features unit), so a cell of norm
+            r < m is at least 1 - r / m from every prototype: the selection sees how strong a cell is.
 
     Returns:
         costs: (B, K, N).
@@ -196,11 +199,13 @@ def prototype_costs(features: torch.Tensor, prototypes: torch.Tensor, channel_di
         )
     features, channel_dim = dense_layout(features, channel_dim)
     unit_prototypes = F.normalize(prototypes, dim=1)
-    if norm == "clip":  # |p - f'|^2 = 1 + |f'|^2 - 2 p.f' with f' = f / max(|f|, 1)
+    if norm != "unit":  # |p - f'|^2 = 1 + |f'|^2 - 2 p.f' with f' = f / max(|f|, scale)
         tokens = token_view(features, channel_dim)
         norms = torch.linalg.vector_norm(tokens, dim=2, keepdim=True)  # (B, N, 1)
-        dots = torch.matmul(tokens / norms.clamp_min(1.0), unit_prototypes.t())  # (B, N, K)
-        squared = 1.0 + norms.clamp_max(1.0).square() - 2.0 * dots
+        # the image's mean cell norm is a reference scale, not something to optimise: no gradient through it
+        scale = norms.mean(dim=1, keepdim=True).detach() if norm == "relative" else torch.ones_like(norms[:, :1])
+        dots = torch.matmul(tokens / torch.maximum(norms, scale), unit_prototypes.t())  # (B, N, K)
+        squared = 1.0 + torch.minimum(norms / scale, torch.ones_like(norms)).square() - 2.0 * dots
         return squared.clamp_min(1e-8).sqrt().transpose(1, 2)
     if torch.jit.is_scripting():  # custom autograd kernels are not scriptable: the same in plain ops
         tokens = token_view(features, channel_dim)
