@@ -35,8 +35,8 @@ def doc_files() -> List[Path]:
     return [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def prose_lines(text: str) -> Iterator[Tuple[int, str]]:
-    """(line number, line) outside fenced code blocks, with inline code removed."""
+def prose_lines(text: str, inline_code: bool = False) -> Iterator[Tuple[int, str]]:
+    """(line number, line) outside fenced code blocks, with inline code removed unless ``inline_code``."""
     fence = None
     for number, line in enumerate(text.splitlines(), 1):
         opened = FENCE.match(line)
@@ -47,7 +47,7 @@ def prose_lines(text: str) -> Iterator[Tuple[int, str]]:
             if line.strip().startswith(fence[0] * len(fence)) and not line.strip().strip(fence[0]):
                 fence = None
             continue
-        yield number, INLINE_CODE.sub("", line)
+        yield number, line if inline_code else INLINE_CODE.sub("", line)
 
 
 def code_blocks(text: str) -> List[List[str]]:
@@ -92,16 +92,7 @@ def anchors(path: Path) -> Set[str]:
     text = path.read_text(encoding="utf-8")
     for _, line in prose_lines(text):
         found.update(HTML_ANCHOR.findall(line))
-    fence = None
-    for line in text.splitlines():  # headings: outside code blocks, inline code kept (its text counts)
-        opened = FENCE.match(line)
-        if fence is None and opened:
-            fence = opened.group(1)
-            continue
-        if fence is not None:
-            if line.strip().startswith(fence[0] * len(fence)) and not line.strip().strip(fence[0]):
-                fence = None
-            continue
+    for _, line in prose_lines(text, inline_code=True):  # headings: inline code kept (its text counts)
         heading = HEADING.match(line)
         if heading:
             base = slug(heading.group(2))
