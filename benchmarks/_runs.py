@@ -284,10 +284,13 @@ def fmt(values: Sequence[float]) -> str:
 
 
 def method_rows(summary: Dict) -> List[str]:
-    """The README table: one row per method, mean ± std over seeds, object weight share, wall time."""
+    """The README table: one row per method, mean ± std over seeds, object weight share, wall time; where
+    a max-pooling method measured it, the share of its channels whose maximum lies in the object box."""
     area = summary.get("object_area_share", 0.25)
-    lines = ["| method | P@1 | R-Precision | MAP@R | object weight share | wall time / run: median (min–max) |",
-             "|---|---|---|---|---|---|"]
+    winners = any("winning_cell_share" in r for m in summary["methods"].values() for r in m["runs"])
+    extra = " channels won inside the object box |" if winners else ""
+    lines = ["| method | P@1 | R-Precision | MAP@R | object weight share |" + extra + " wall time / run: median (min–max) |",
+             "|---|---|---|---|---|" + ("---|" if winners else "") + "---|"]
     for name, method in summary["methods"].items():
         runs = method["runs"]
         walls = [r["wall_time_s"] for r in runs]
@@ -295,6 +298,9 @@ def method_rows(summary: Dict) -> List[str]:
             share = fmt([r["object_weight_share"] for r in runs]) + " %"
         else:
             share = f"({100 * area:.0f} % implicit)" if name == "gap" else "–"
+        if winners:
+            won = [r["winning_cell_share"] for r in runs if "winning_cell_share" in r]
+            share += f" | {fmt(won)} %" if len(won) == len(runs) else " | –"
         lines.append(f"| {method['label']} | {fmt([r['precision_at_1'] for r in runs])} | {fmt([r['r_precision'] for r in runs])} | "
                      f"{fmt([r['map_at_r'] for r in runs])} | {share} | {np.median(walls):.0f} s ({min(walls):.0f}–{max(walls):.0f}) |")
         method.update({f"{k}_mean": float(np.mean([r[k] for r in runs])) for k in KEYS})
@@ -504,12 +510,15 @@ def stage_table(stages: Dict[str, List[str]], seeds: Sequence[int], rows: Sequen
 
 def write_report(name: str, summary: Dict, header: List[str], lines: List[str], runs_dir: Path, test_batches) -> None:
     """A benchmark's outputs in ``RESULTS``: ``<name>_results.md`` (header + table lines), ``<name>_results.json``
-    (the summary), ``<name>_metrics.png`` and ``<name>_weight_maps.png`` (GSP's weights on test images); the
-    text with portable paths (``portable_text``)."""
+    (the summary), ``<name>_metrics.png``, ``<name>_weight_maps.png`` (GSP's weights on test images) and, with a
+    max-pooling run, ``<name>_max_vs_gsp.png`` (``max_and_gsp_maps``); the text with portable paths
+    (``portable_text``)."""
     (RESULTS / f"{name}_results.md").write_text(portable_text("\n".join(header + lines) + "\n"))
     (RESULTS / f"{name}_results.json").write_text(portable_text(json.dumps(summary, indent=2)))
     plot_summary(summary, RESULTS / f"{name}_metrics.png", "object box")
     gsp_weight_maps(summary, runs_dir, test_batches, RESULTS / f"{name}_weight_maps.png")
+    if "max" in summary["methods"]:
+        max_and_gsp_maps(summary, runs_dir, test_batches, RESULTS / f"{name}_max_vs_gsp.png", ["gsp"])
 
 
 def add_run_arguments(parser, methods: Sequence[str]) -> None:
