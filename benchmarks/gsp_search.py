@@ -100,7 +100,7 @@ TRIALS["pretrained"] = {
     "gsp_clip": gsp("--gsp-norm", "clip"),
     "gsp_kcp": gsp("--prototype-init", "kcenter-pooled", "--prototype-warmup-epochs", "1"),
 }
-STAGE2: Dict[str, List[str]] = {"scratch": ["gsp_max", "gsp_max_k16_learn"], "pretrained": []}  # finalists
+STAGE2: Dict[str, List[str]] = {"scratch": ["gsp_max", "gsp_max_rel"], "pretrained": []}  # finalists
 STAGE2_BASELINES: Dict[str, List[str]] = {"scratch": ["max", "catavgmax"], "pretrained": []}  # the best at stage 1
 SEEDS2 = (0, 1, 2)
 

@@ -90,6 +90,9 @@ TRIALS: Dict[str, List[str]] = {
 METHODS = {  # name -> (label, flags); the final comparison on the test classes
     "gap": ("GAP (timm global_pool='avg')", ["--pool", "gap"]),
     "max": ("Max (timm global_pool='max')", ["--pool", "max"]),
+    "avgmax": ("AvgMax (timm 'avgmax')", ["--pool", "avgmax"]),
+    "catavgmax": ("CatAvgMax (timm 'catavgmax')", ["--pool", "catavgmax"]),
+    "gem": ("GeM (p learned from 3)", ["--pool", "gem"]),
     "gsp": ("GSP (ZSR weight 0)", ["--pool", "gsp", "--zsr-weight", "0"]),
     "gsp_zsr": ("GSP + ZSR 0.1 (the paper's weight)", ["--pool", "gsp", "--zsr-weight", "0.1"]),
     "gsp_zsr1": ("GSP + ZSR 1", ["--pool", "gsp", "--zsr-weight", "1"]),
