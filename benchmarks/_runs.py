@@ -56,8 +56,11 @@ ELSEWHERE_MARK = "<elsewhere>"  # a folder neither in this repository nor in the
 # first directories of absolute paths that are one machine's own (home, scratch and temporary folders)
 MACHINE_ROOTS = ("root", "home", "work", "tmp", "Users", "mnt", "var", "private", "scratch", "opt", "srv", "media",
                  "Volumes")
+# ... and wherever this checkout lives (a CI clone under /check, /builds, ...)
+MACHINE_ROOTS += tuple(dict.fromkeys(p.parts[1] for p in (ROOT, ROOT.resolve()) if len(p.parts) > 1
+                                     and p.parts[1] not in MACHINE_ROOTS))
 _STOP = r"\s\"'`<>|,;()\[\]{}"  # characters that end a path in a record's text
-MACHINE_PATH = re.compile(r"(?<![\w.:/\\~<>-])/(?:" + "|".join(MACHINE_ROOTS) + r")/[^" + _STOP + r"]*"
+MACHINE_PATH = re.compile(r"(?<![\w.:/\\~<>-])/(?:" + "|".join(map(re.escape, MACHINE_ROOTS)) + r")/[^" + _STOP + r"]*"
                           r"|(?<![\w\\])[A-Za-z]:\\{1,2}[^" + _STOP + r"]*")
 RECORD_SUFFIXES = (".json", ".jsonl", ".md", ".txt", ".yaml", ".yml", ".csv")
 _OUTPUT_KEY = re.compile(r'("output":\s*)"((?:/|[A-Za-z]:\\)[^"]*)"')
