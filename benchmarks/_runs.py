@@ -287,7 +287,7 @@ def fmt(values: Sequence[float]) -> str:
 
 
 def method_rows(summary: Dict) -> List[str]:
-    """The README table: one row per method, mean ± std over seeds, object weight share, wall time; where
+    """The results table (docs/benchmarks.md, README.md): one row per method, mean ± std over seeds, object weight share, wall time; where
     a max-pooling method measured it, the share of its channels whose maximum lies in the object box."""
     area = summary.get("object_area_share", 0.25)
     winners = any("winning_cell_share" in r for m in summary["methods"].values() for r in m["runs"])

@@ -7,7 +7,7 @@ the training classes). For the GSP models the script then reloads each checkpoin
 share of GSP pooling weight that falls on the object tile, averaged over the test set, next to the
 object's share of the image area (what GAP gives it implicitly).
 
-Outputs (``benchmarks/results/``): ``collage_results.json``, ``collage_results.md`` (the README table),
+Outputs (``benchmarks/results/``): ``collage_results.json``, ``collage_results.md`` (the table of docs/benchmarks.md),
 ``collage_weight_maps.png`` (GSP+ZSR weights over test images), ``collage_metrics.png`` (MAP@R per
 method and seed; object weight share vs area share). Runs already done are reused; ``--force`` redoes them.
 

@@ -201,3 +201,26 @@ def test_a_published_folder_holds_no_local_path(tmp_path):
         assert str(local) not in text and "someone" not in text, name
         assert not machine_paths(text), (name, machine_paths(text))
     assert "| recipe | mine.yaml |" in texts["README.md"]  # the recipe file, by its name
+
+
+def _summary(**methods):
+    """A benchmark summary as the benchmark scripts write it: method -> P@1 per seed (fractions)."""
+    import numpy as np
+    return {"methods": {name: {"runs": [{"seed": i, "precision_at_1": v} for i, v in enumerate(values)],
+                               "precision_at_1_mean": float(np.mean(values)), "precision_at_1_std": float(np.std(values))}
+                        for name, values in methods.items()}}
+
+
+def test_pooling_table_judges_gsp_by_the_larger_seed_spread():
+    """GSP is first when no baseline's mean is above it, tied-first when every baseline above it is within the
+    larger of the two seed standard deviations, and otherwise behind the baseline furthest ahead."""
+    import pooling_table
+    assert pooling_table.gsp_verdict(_summary(gap=[.5, .5, .5], gsp=[.6, .6, .6])) == "first"
+    # max is 1 point ahead; GSP's own spread is 2 points (std of .58/.62/.60 about .016): tied
+    assert pooling_table.gsp_verdict(_summary(max=[.61, .61, .61], gsp=[.58, .62, .60])) == "tied-first"
+    # 5 points ahead, both spreads near 0: behind, by 5.0
+    assert pooling_table.gsp_verdict(_summary(max=[.65, .65, .65], gem=[.62, .62, .62], gsp=[.6, .6, .6])) == \
+        "behind max by 5.0"
+    assert pooling_table.gsp_verdict(_summary(max=[.65])) == "–"
+    rows = pooling_table.table([("a", "nothing_written_here")], ["gap", "gsp"])
+    assert rows[-1] == "| GSP against the best baseline | – |"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate this folder (README.md, config.json, model.safetensors, retrieval.png, gsp_weights.png) with
-# today's writer: the default run and its export, as the README's "Publish your own" does it,
+# today's writer: the default run and its export, as docs/hub.md, "Publish your own", does it,
 #
 #     python examples/train.py --output <tmp>/train            # the default collage run, a minute or two
 #     timm-gsp export <tmp>/train <tmp>/train/hub
