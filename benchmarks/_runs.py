@@ -287,8 +287,9 @@ def fmt(values: Sequence[float]) -> str:
 
 
 def method_rows(summary: Dict) -> List[str]:
-    """The results table (docs/benchmarks.md, README.md): one row per method, mean ± std over seeds, object weight share, wall time; where
-    a max-pooling method measured it, the share of its channels whose maximum lies in the object box."""
+    """A benchmark's results table (docs/benchmarks.md): one row per method, mean ± std over seeds, object
+    weight share, wall time; where a max-pooled method measured it, the share of its channels whose maximum
+    lies in the object box."""
     area = summary.get("object_area_share", 0.25)
     winners = any("winning_cell_share" in r for m in summary["methods"].values() for r in m["runs"])
     extra = " channels won inside the object box |" if winners else ""
@@ -453,16 +454,25 @@ def is_max_pooled(pool: str) -> bool:
     return pool == "max" or (timm_gsp.parse_gsp_spec(pool) or {}).get("mix") == "max"
 
 
+def _weights(out: Path) -> Path:
+    """The model weights of the checkpoint a finished run's results.json names."""
+    return out / (read_run(out).get("checkpoint") or "") / "model.safetensors"
+
+
 def max_and_gsp_maps(summary: Dict, runs_dir: Path, test_batches, path: Path, gsp_names: Sequence[str],
                      count: int = 10) -> None:
-    """Where max pooling and GSP take the vector from, on the same test images (the first seed's runs): the
-    images, then for each GSP method its pooling weights (and for ``mix=max`` the cells that win channels),
-    then the cells that win max pooling's channels. Left as it is without the runs' weights."""
+    """Where max pooling and GSP take the vector from, on the same test images (the runs of the first seed
+    at which every method's weights are here): the images, then for each GSP method its pooling weights
+    (and for ``mix=max`` the cells that win channels), then the cells that win max pooling's channels.
+    Left as it is without such a seed."""
     names = [n for n in gsp_names if n in summary["methods"]] + (["max"] if "max" in summary["methods"] else [])
-    outs = [runs_dir / f"{n}_seed{summary['methods'][n]['runs'][0]['seed']}" for n in names]
-    if len(names) < 2 or not all((o / read_run(o)["checkpoint"] / "model.safetensors").is_file() for o in outs):
+    seeds = [seed for seed in summary["seeds"] if len(names) > 1 and all(
+        (runs_dir / f"{n}_seed{seed}" / "results.json").is_file() and _weights(runs_dir / f"{n}_seed{seed}").is_file()
+        for n in names)]
+    if not seeds:
         print(f"{path.name} left as it is: the runs' weights are not here", flush=True)
         return
+    outs = [runs_dir / f"{n}_seed{seeds[0]}" for n in names]
     import timm_gsp
     from timm_gsp.retrieval import viz
     rows, images, boxes, cfg = [], None, None, None
@@ -480,16 +490,17 @@ def max_and_gsp_maps(summary: Dict, runs_dir: Path, test_batches, path: Path, gs
 
 
 def gsp_weight_maps(summary: Dict, runs_dir: Path, test_batches, path: Path, count: int = 10) -> None:
-    """``weight_map_figure`` of the first GSP+ZSR (else GSP) run over ``count`` evenly spaced test images;
-    without that run's weights (they are not committed: a fresh checkout has only the numbers) the figure
-    is left as it is."""
-    for name in ("gsp_zsr", "gsp"):
+    """``weight_map_figure`` of the recipe's GSP (else GSP+ZSR), its first run whose weights are here, over
+    ``count`` evenly spaced test images; without such a run (weights are not committed: a fresh checkout has
+    only the numbers) the figure is left as it is."""
+    for name in ("gsp", "gsp_zsr"):
         if name in summary["methods"]:
-            out = runs_dir / f"{name}_seed{summary['methods'][name]['runs'][0]['seed']}"
-            weights = out / (read_run(out).get("checkpoint") or "") / "model.safetensors"
-            if not weights.is_file():
-                print(f"{path.name} left as it is: no weights at {portable_path(weights)}", flush=True)
+            found = [runs_dir / f"{name}_seed{r['seed']}" for r in summary["methods"][name]["runs"]
+                     if _weights(runs_dir / f"{name}_seed{r['seed']}").is_file()]
+            if not found:
+                print(f"{path.name} left as it is: no weights of a {name} run in {portable_path(runs_dir)}", flush=True)
                 return
+            out = found[0]
             model, results = load_trained(out)
             images, boxes = next(iter(test_batches(model, results, batch_size=100_000)))
             pick = torch.arange(0, len(images), max(len(images) // count, 1))[:count]

@@ -191,9 +191,9 @@ def write_table() -> None:
                 "recipe `folder`, `mobilenetv3_small_100` from the committed weights, " + " ".join(lr_flags(LR_SCALE)) + ") ")
         lines += [f"## {regime}", "", f"Common flags: {base}{' '.join(VAL)}` plus the trial's.", "",
                   "### Stage 1: seed 0", "", *stage_rows(regime, list(TRIALS[regime]), [0]), ""]
-        if STAGE2[regime]:
-            lines += [f"### Stage 2: mean ± std over seeds {list(SEEDS2)}", "",
-                      *stage_rows(regime, STAGE2[regime], SEEDS2, STAGE2_BASELINES[regime]), ""]
+        stage2 = stage_rows(regime, STAGE2[regime], SEEDS2, STAGE2_BASELINES[regime]) if STAGE2[regime] else []
+        if len(stage2) > 2:  # a table with rows: the finalists ran at every seed
+            lines += [f"### Stage 2: mean ± std over seeds {list(SEEDS2)}", "", *stage2, ""]
     if NOTES.is_file():
         lines += [NOTES.read_text()]
     TABLE.write_text("\n".join(lines) + "\n")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from typing import List, Optional, Sequence, Tuple
 
 from _runs import RESULTS, ROOT
@@ -93,11 +94,11 @@ def tables() -> List[str]:
     scratch = table(SCRATCH + UNSEEN, [*BASELINES, "gsp", "gsp_zsr", "gsp_paper"])
     pretrained = table(PRETRAINED, [*BASELINES, "gsp", "gsp_zsr", "gsp_zsr1"])
     pretrained.insert(2, zero_shot_row(PRETRAINED))
-    return ["**From scratch** (`--recipe folder-scratch`: `plain_cnn6`, 96 px, 8 epochs; GSP is `gsp:mix=max`):", "",
-            *scratch, "",
-            "**Fine-tuning a pretrained backbone** (`--recipe folder`: `mobilenetv3_small_100` pretrained here, 128 px, "
-            "8 epochs, BatchNorm frozen; GSP is the paper's weighted sum; the zero-shot floor is the backbone as it "
-            "is, with timm's average pool):", "", *pretrained]
+    return [*textwrap.wrap("**From scratch** (`--recipe folder-scratch`: `plain_cnn6`, 96 px, 8 epochs; GSP is "
+                           "`gsp:mix=max`):", 100), "", *scratch, "",
+            *textwrap.wrap("**Fine-tuning a pretrained backbone** (`--recipe folder`: `mobilenetv3_small_100` pretrained "
+                           "here, 128 px, 8 epochs, BatchNorm frozen; GSP is the paper's weighted sum; the zero-shot floor "
+                           "is the backbone as it is, with timm's average pool):", 100), "", *pretrained]
 
 
 def main() -> None:
