@@ -52,8 +52,7 @@ def cell(value: Optional[Tuple[float, float, int]], seeds: int = 3) -> str:
     if value is None:
         return "–"
     mean, std, n = value
-    return f"{mean:.1f} ± {std:.1f}" if n == seeds else f"{mean:.1f} ({n} seed{'s' * (n > 1)})" if n > 1 else \
-        f"{mean:.1f} (1 seed)"
+    return f"{mean:.1f} ± {std:.1f}" if n == seeds else f"{mean:.1f} ({n} seed{'s' * (n > 1)})"
 
 
 def gsp_verdict(summary: Optional[dict]) -> str:

@@ -205,7 +205,7 @@ def prototype_costs(features: torch.Tensor, prototypes: torch.Tensor, channel_di
         # the image's mean cell norm is a reference scale, not something to optimise: no gradient through it
         scale = norms.mean(dim=1, keepdim=True).detach() if norm == "relative" else torch.ones_like(norms[:, :1])
         dots = torch.matmul(tokens / torch.maximum(norms, scale), unit_prototypes.t())  # (B, N, K)
-        squared = 1.0 + torch.minimum(norms / scale, torch.ones_like(norms)).square() - 2.0 * dots
+        squared = 1.0 + (norms / scale).clamp_max(1.0).square() - 2.0 * dots
         return squared.clamp_min(1e-8).sqrt().transpose(1, 2)
     if torch.jit.is_scripting():  # custom autograd kernels are not scriptable: the same in plain ops
         tokens = token_view(features, channel_dim)
