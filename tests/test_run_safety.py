@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -143,6 +144,30 @@ def test_folder_claim_is_one_holder_at_a_time_and_removes_only_the_empty_folders
     with FolderClaim(tmp_path / "a" / "run") as held:
         (held.folder / "written").write_text("x")
     assert sorted(p.name for p in (tmp_path / "a" / "run").iterdir()) == ["written"]  # a folder written into stays
+
+
+@posix_only
+def test_a_claim_taken_a_moment_before_its_pid_is_written_is_still_named(tmp_path):
+    """The window the two-runs race can hit: the holder has the lock on an empty file and writes its pid
+    only a moment later. The refused claim waits for the pid rather than naming no one."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, os, socket, sys, time
+        fd = os.open({str(folder / CLAIM_FILE)!r}, os.O_RDWR | os.O_CREAT)
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        print("locked", flush=True)
+        time.sleep(0.3)
+        os.write(fd, f"{{os.getpid()}} {{socket.gethostname()}}\\n".encode())
+        sys.stdin.read()
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        claim = FolderClaim(folder)
+        assert not claim.acquire()
+        assert claim.holder == f"another run (pid {holder.pid} on {socket.gethostname()})"
+    finally:
+        holder.communicate("", timeout=30)
 
 
 # --- 2. a write that fails ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 import warnings
 from pathlib import Path
 from typing import List, Optional, Set
@@ -162,10 +163,16 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
-def _read_holder(fd: int) -> str:
-    """'another run (pid 123 on host)' from a claim file's content; what is there may be half written."""
-    try:
-        pid, host = os.read(fd, 256).decode("utf-8", "replace").split()[:2]
-        return f"another run (pid {int(pid)} on {host})"
-    except (OSError, ValueError):
-        return "another run"
+def _read_holder(fd: int, wait_s: float = 2.0) -> str:
+    """'another run (pid 123 on host)' from a claim file's content. A holder that has just taken the lock
+    writes its pid a moment later, so an empty or half-written file is read again for up to ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            pid, host = os.read(fd, 256).decode("utf-8", "replace").split()[:2]
+            return f"another run (pid {int(pid)} on {host})"
+        except (OSError, ValueError):
+            if time.monotonic() >= deadline:
+                return "another run"
+            time.sleep(0.01)
