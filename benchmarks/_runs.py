@@ -466,9 +466,9 @@ def max_and_gsp_maps(summary: Dict, runs_dir: Path, test_batches, path: Path, gs
     (and for ``mix=max`` the cells that win channels), then the cells that win max pooling's channels.
     Left as it is without such a seed."""
     names = [n for n in gsp_names if n in summary["methods"]] + (["max"] if "max" in summary["methods"] else [])
-    seeds = [seed for seed in summary["seeds"] if len(names) > 1 and all(
+    seeds = [seed for seed in summary["seeds"] if all(
         (runs_dir / f"{n}_seed{seed}" / "results.json").is_file() and _weights(runs_dir / f"{n}_seed{seed}").is_file()
-        for n in names)]
+        for n in names)] if len(names) > 1 else []
     if not seeds:
         print(f"{path.name} left as it is: the runs' weights are not here", flush=True)
         return
@@ -495,8 +495,8 @@ def gsp_weight_maps(summary: Dict, runs_dir: Path, test_batches, path: Path, cou
     only the numbers) the figure is left as it is."""
     for name in ("gsp", "gsp_zsr"):
         if name in summary["methods"]:
-            found = [runs_dir / f"{name}_seed{r['seed']}" for r in summary["methods"][name]["runs"]
-                     if _weights(runs_dir / f"{name}_seed{r['seed']}").is_file()]
+            outs = [runs_dir / f"{name}_seed{r['seed']}" for r in summary["methods"][name]["runs"]]
+            found = [out for out in outs if _weights(out).is_file()]
             if not found:
                 print(f"{path.name} left as it is: no weights of a {name} run in {portable_path(runs_dir)}", flush=True)
                 return
